@@ -1,0 +1,1 @@
+# one line per suite; each module adds its own
