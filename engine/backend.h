@@ -1,0 +1,53 @@
+// The backend interface: something that runs the LLaMA forward pass over a batch of tokens
+// from one or more sequences, keeping each sequence's KV cache. A linear layer is whatever
+// the backend knows how to apply (dense F32/F16/BF16 or packed LUT + CSR).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+
+namespace sqz {
+
+struct Batch {
+  std::vector<int> tokens;
+  std::vector<int> pos;  // position of each token in its sequence
+  std::vector<int> seq;  // sequence (KV cache slot) of each token
+  std::vector<uint8_t> want_logits;
+  void add(int token, int position, int sequence, bool logits) {
+    tokens.push_back(token), pos.push_back(position), seq.push_back(sequence);
+    want_logits.push_back(logits);
+  }
+  void clear() { tokens.clear(), pos.clear(), seq.clear(), want_logits.clear(); }
+  int size() const { return int(tokens.size()); }
+  int n_logits() const;
+};
+
+struct BackendOptions {
+  int ctx_size = 0;   // positions per sequence
+  int n_seqs = 1;     // KV cache slots
+  int n_threads = 0;  // CPU threads (0: all cores)
+  int max_batch = 512;  // most tokens per forward call (scratch is planned for this)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual int ctx_size() const = 0;
+  virtual int n_seqs() const = 0;
+  virtual int max_batch() const = 0;
+  // Runs the batch and writes [batch.n_logits(), vocab_size] fp32 logits, in batch order, for
+  // the tokens that asked. Each token's K/V is stored at (seq, pos) before attention, so a
+  // token sees its sequence's positions 0..pos: a prompt's tokens in one batch are a causal
+  // prefill, and one token per sequence is a batched decode step.
+  virtual void forward(const Batch& batch, float* logits) = 0;
+  // Bytes of device (or host) memory the backend holds, for reports.
+  virtual int64_t memory_bytes() const = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend(const Model& model, const BackendOptions& options);
+
+}  // namespace sqz

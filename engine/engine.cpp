@@ -1,0 +1,72 @@
+#include "engine/engine.h"
+
+#include "model/errors.h"
+
+namespace sqz {
+
+void check_vocab(const Model& m, const Tokenizer& t, const std::string& tokenizer_source) {
+  if (t.vocab_size() != m.config.vocab_size)
+    throw format_error(tokenizer_source + ": tokenizer has " + std::to_string(t.vocab_size()) +
+                       " tokens but the model " + m.path + " expects vocab_size " +
+                       std::to_string(m.config.vocab_size) + " (wrong --tokenizer?)");
+}
+
+#ifndef SQZ_WITH_CUDA
+bool cuda_available() { return false; }
+#endif
+
+std::unique_ptr<Backend> make_cuda_backend(const Model& model, const BackendOptions& options);
+
+Engine::Engine(const EngineOptions& o) : o_(o) {
+  model_ = load_model(o.model_path);
+  if (o.need_tokenizer || !o.tokenizer_path.empty()) {
+    std::string source;
+    if (!o.tokenizer_path.empty()) {
+      tok_ = std::make_unique<Tokenizer>(Tokenizer::from_file(o.tokenizer_path));
+      source = o.tokenizer_path;
+    } else if (!model_.tokenizer_model.empty()) {
+      tok_ = std::make_unique<Tokenizer>(
+          Tokenizer::from_bytes(model_.tokenizer_model, o.model_path + " (embedded tokenizer)"));
+      source = o.model_path + " (embedded tokenizer)";
+    } else if (!model_.tokenizer_path.empty()) {
+      tok_ = std::make_unique<Tokenizer>(Tokenizer::from_file(model_.tokenizer_path));
+      source = model_.tokenizer_path;
+    } else {
+      throw format_error(o.model_path +
+                         ": the model holds no tokenizer and none lies beside it; pass "
+                         "--tokenizer FILE (a SentencePiece tokenizer.model)");
+    }
+    check_vocab(model_, *tok_, source);
+  }
+  BackendOptions bo;
+  bo.ctx_size = o.ctx_size > 0 ? o.ctx_size : model_.config.seq_len;
+  bo.n_seqs = o.n_seqs;
+  bo.n_threads = o.n_threads;
+  bo.max_batch = o.max_batch;
+  std::string dev = o.device;
+  if (dev == "auto") dev = cuda_available() ? "cuda" : "cpu";
+  if (dev == "cpu") {
+    backend_ = make_cpu_backend(model_, bo);
+  } else if (dev == "cuda") {
+    if (!cuda_available())
+      throw std::runtime_error(
+#ifdef SQZ_WITH_CUDA
+          "--device cuda: no usable CUDA GPU was found"
+#else
+          "--device cuda: this build of sqz has no CUDA backend (configure with SQZ_CUDA=ON)"
+#endif
+      );
+#ifdef SQZ_WITH_CUDA
+    backend_ = make_cuda_backend(model_, bo);
+#endif
+  } else {
+    throw std::invalid_argument("--device must be auto, cpu or cuda, not '" + o.device + "'");
+  }
+}
+
+const Tokenizer& Engine::tokenizer() const {
+  if (!tok_) throw std::logic_error("engine opened without a tokenizer");
+  return *tok_;
+}
+
+}  // namespace sqz

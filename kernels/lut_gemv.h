@@ -1,0 +1,28 @@
+// Packed SqueezeLLM linear: y = (D + S) x where D[r][c] = lut[r][idx[r][c]] (idx packed as in
+// model/packed.h) and S is the row's CSR outliers. CPU version (reference) and CUDA version.
+#pragma once
+#include <cstdint>
+
+namespace sqz {
+
+class ThreadPool;
+
+struct PackedMatrix {
+  int rows = 0, cols = 0, bits = 0;
+  const uint8_t* indices = nullptr;  // [rows, row_bytes]
+  int64_t row_bytes = 0;
+  const uint16_t* lut = nullptr;      // [rows, 2^bits] fp16
+  const int32_t* row_ptr = nullptr;   // [rows + 1]
+  const int32_t* col_idx = nullptr;   // [nnz]
+  const uint16_t* values = nullptr;   // [nnz] fp16
+  int64_t nnz = 0;
+};
+
+// Dense reconstruction of one row (D + S), fp32.
+void lut_decode_row(const PackedMatrix& w, int row, float* out);
+
+// CPU: y[t, r] = sum_c W[r, c] * x[t, c] for t < n_tokens; x [n_tokens, cols],
+// y [n_tokens, rows], fp32 accumulate. Each row is decoded once for all tokens.
+void lut_gemm(const PackedMatrix& w, const float* x, int n_tokens, float* y, ThreadPool& pool);
+
+}  // namespace sqz

@@ -1,0 +1,39 @@
+// A small fixed thread pool with a blocking parallel_for: the CPU kernels split rows
+// across it. One pool per backend, passed by reference; no globals.
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace sqz {
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int n_threads);  // n_threads <= 0: hardware concurrency
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+  int size() const { return int(workers_.size()) + 1; }
+  // Calls fn(begin, end) over disjoint chunks covering [0, n); the caller thread works too.
+  // Exceptions thrown by fn are rethrown here (the first one).
+  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn,
+                    int64_t min_chunk = 1);
+
+ private:
+  void worker_loop(int index);
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable cv_work_, cv_done_;
+  const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
+  int64_t n_ = 0, chunk_ = 0;
+  int64_t next_ = 0;
+  int active_ = 0;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+  std::exception_ptr error_;
+};
+
+}  // namespace sqz
