@@ -1,0 +1,177 @@
+// CPU kernels against plain loops over odd shapes: dense matmul (F32/F16/BF16), packed LUT +
+// CSR matmul vs its dense reconstruction, index pack/unpack round trip for every bit width.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "kernels/half.h"
+#include "kernels/lut_gemv.h"
+#include "kernels/matmul.h"
+#include "kernels/packed_layout.h"
+#include "kernels/parallel.h"
+#include "model/dtype.h"
+
+namespace sqz {
+namespace {
+
+constexpr float kF32Tol = 1e-4f;  // relative to the row's |w|.|x| sum
+
+std::vector<float> randn(size_t n, std::mt19937& rng) {
+  std::normal_distribution<float> d;
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+void expect_close(const std::vector<float>& got, const std::vector<double>& ref,
+                  const std::vector<double>& scale) {
+  int bad = 0;
+  for (size_t i = 0; i < got.size() && bad < 10; i++)
+    if (!(std::fabs(got[i] - ref[i]) <= kF32Tol * (scale[i] + 1e-6)))
+      ADD_FAILURE() << "element " << i << ": " << got[i] << " vs " << ref[i], bad++;
+}
+
+struct Shape {
+  int rows, cols, tokens;
+};
+const Shape kShapes[] = {{1, 1, 1}, {7, 13, 3}, {33, 129, 2}, {64, 1000, 5}, {130, 257, 1}};
+
+TEST(Matmul, AllTypesOddShapes) {
+  ThreadPool pool(3);
+  std::mt19937 rng(1);
+  for (Shape s : kShapes) {
+    for (MatType t : {MatType::F32, MatType::F16, MatType::BF16}) {
+      std::vector<float> w = randn(size_t(s.rows) * s.cols, rng), x = randn(size_t(s.tokens) * s.cols, rng);
+      std::vector<uint16_t> w16(w.size());
+      for (size_t i = 0; i < w.size(); i++) {
+        w16[i] = t == MatType::F16 ? f32_to_f16(w[i]) : f32_to_bf16(w[i]);
+        w[i] = t == MatType::F16 ? f16_to_f32(w16[i]) : t == MatType::BF16 ? bf16_to_f32(w16[i]) : w[i];
+      }
+      std::vector<double> ref(size_t(s.tokens) * s.rows), scale(ref.size());
+      for (int tk = 0; tk < s.tokens; tk++)
+        for (int r = 0; r < s.rows; r++)
+          for (int c = 0; c < s.cols; c++) {
+            ref[tk * s.rows + r] += double(w[size_t(r) * s.cols + c]) * x[size_t(tk) * s.cols + c];
+            scale[tk * s.rows + r] += std::fabs(double(w[size_t(r) * s.cols + c]) * x[size_t(tk) * s.cols + c]);
+          }
+      std::vector<float> y(ref.size(), NAN);
+      const void* wp = t == MatType::F32 ? (const void*)w.data() : (const void*)w16.data();
+      matmul(t, wp, s.rows, s.cols, x.data(), s.tokens, y.data(), pool);
+      expect_close(y, ref, scale);
+    }
+  }
+}
+
+TEST(PackedLayout, RoundTripEveryBitWidth) {
+  std::mt19937 rng(2);
+  for (int bits : {2, 3, 4})
+    for (int cols : {1, 5, 127, 128, 129, 300, 1000}) {
+      const int rows = 3;
+      std::vector<uint8_t> idx(size_t(rows) * cols);
+      for (auto& v : idx) v = uint8_t(rng() % (1u << bits));
+      std::vector<uint8_t> packed(size_t(packed_row_bytes(cols, bits)) * rows);
+      pack_indices(idx.data(), rows, cols, bits, packed.data());
+      for (int r = 0; r < rows; r++) {
+        std::vector<uint8_t> back(cols);
+        unpack_row(packed.data() + r * packed_row_bytes(cols, bits), cols, bits, back.data());
+        for (int c = 0; c < cols; c++)
+          ASSERT_EQ(back[c], idx[size_t(r) * cols + c]) << "bits " << bits << " col " << c;
+      }
+    }
+}
+
+TEST(PackedLayout, BitOrderMatchesThePicture) {
+  // 4-bit: column 9 is nibble 1 of lane 1 of word 0.
+  std::vector<uint8_t> idx(128, 0);
+  idx[9] = 0xA;
+  std::vector<uint8_t> p(64);
+  pack_indices(idx.data(), 1, 128, 4, p.data());
+  EXPECT_EQ(packed_lane(p.data(), 0, 1), 0xAu << 4);
+  // 3-bit: column 70 = index 5 (0b101): low 01 at field 6 of lane 0 of word 1, high bit 6 of
+  // lane 2 of word 2.
+  idx.assign(128, 0);
+  idx[70] = 5;
+  p.assign(48, 0);
+  pack_indices(idx.data(), 1, 128, 3, p.data());
+  EXPECT_EQ(packed_lane(p.data(), 1, 0), 1u << 12);
+  EXPECT_EQ(packed_lane(p.data(), 2, 2), 1u << 6);
+}
+
+// A random packed matrix with `per_row(r)` outliers in row r.
+struct RandomPacked {
+  PackedMatrix m;
+  std::vector<uint8_t> packed;
+  std::vector<uint16_t> lut, values;
+  std::vector<int32_t> row_ptr, col_idx;
+  RandomPacked(int rows, int cols, int bits, int max_outliers, std::mt19937& rng) {
+    std::vector<uint8_t> idx(size_t(rows) * cols);
+    for (auto& v : idx) v = uint8_t(rng() % (1u << bits));
+    packed.resize(size_t(packed_row_bytes(cols, bits)) * rows);
+    pack_indices(idx.data(), rows, cols, bits, packed.data());
+    std::normal_distribution<float> d;
+    for (int i = 0; i < rows << bits; i++) lut.push_back(f32_to_f16(d(rng)));
+    row_ptr.push_back(0);
+    for (int r = 0; r < rows; r++) {
+      int n = max_outliers ? int(rng() % (max_outliers + 1)) : 0;
+      if (r == 0) n = std::min(cols, max_outliers);  // the most in the first row
+      std::vector<int> cs;
+      for (int c = 0; c < cols; c++) cs.push_back(c);
+      std::shuffle(cs.begin(), cs.end(), rng);
+      cs.resize(std::min(n, cols));
+      std::sort(cs.begin(), cs.end());
+      for (int c : cs) col_idx.push_back(c), values.push_back(f32_to_f16(d(rng) * 4));
+      row_ptr.push_back(int32_t(col_idx.size()));
+    }
+    m.rows = rows, m.cols = cols, m.bits = bits, m.indices = packed.data();
+    m.row_bytes = packed_row_bytes(cols, bits), m.lut = lut.data(), m.row_ptr = row_ptr.data();
+    m.col_idx = col_idx.data(), m.values = values.data(), m.nnz = int64_t(values.size());
+  }
+};
+
+TEST(LutGemm, MatchesDenseReconstruction) {
+  ThreadPool pool(2);
+  std::mt19937 rng(3);
+  for (int bits : {2, 3, 4})
+    for (Shape s : kShapes)
+      for (int outl : {0, 1, 17}) {
+        RandomPacked p(s.rows, s.cols, bits, outl, rng);
+        std::vector<float> x = randn(size_t(s.tokens) * s.cols, rng);
+        // reference: dense W from the unpacked indices and LUT, plus the CSR entries
+        std::vector<double> w(size_t(s.rows) * s.cols);
+        std::vector<uint8_t> idx(s.cols);
+        for (int r = 0; r < s.rows; r++) {
+          unpack_row(p.packed.data() + r * p.m.row_bytes, s.cols, bits, idx.data());
+          for (int c = 0; c < s.cols; c++)
+            w[size_t(r) * s.cols + c] = f16_to_f32(p.lut[(size_t(r) << bits) + idx[c]]);
+          for (int k = p.row_ptr[r]; k < p.row_ptr[r + 1]; k++)
+            w[size_t(r) * s.cols + p.col_idx[k]] += f16_to_f32(p.values[k]);
+        }
+        std::vector<double> ref(size_t(s.tokens) * s.rows), scale(ref.size());
+        for (int t = 0; t < s.tokens; t++)
+          for (int r = 0; r < s.rows; r++)
+            for (int c = 0; c < s.cols; c++) {
+              ref[t * s.rows + r] += w[size_t(r) * s.cols + c] * x[size_t(t) * s.cols + c];
+              scale[t * s.rows + r] += std::fabs(w[size_t(r) * s.cols + c] * x[size_t(t) * s.cols + c]);
+            }
+        std::vector<float> y(ref.size(), NAN);
+        lut_gemm(p.m, x.data(), s.tokens, y.data(), pool);
+        expect_close(y, ref, scale);
+      }
+}
+
+TEST(ThreadPool, CoversRangeAndRethrows) {
+  ThreadPool pool(4);
+  std::vector<int> hits(1000, 0);
+  pool.parallel_for(1000, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) hits[i]++;
+  });
+  for (int h : hits) ASSERT_EQ(h, 1);
+  EXPECT_THROW(pool.parallel_for(100, [](int64_t b, int64_t) {
+    if (b > 50) throw std::runtime_error("x");
+  }), std::runtime_error);
+  pool.parallel_for(10, [&](int64_t, int64_t) {});  // still usable
+}
+
+}  // namespace
+}  // namespace sqz
