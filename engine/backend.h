@@ -44,10 +44,21 @@ class Backend {
   // token sees its sequence's positions 0..pos: a prompt's tokens in one batch are a causal
   // prefill, and one token per sequence is a batched decode step.
   virtual void forward(const Batch& batch, float* logits) = 0;
+  // Optional device-side reduction: runs the batch and, for each token that asked for
+  // logits, returns its `k` best candidates (id, logit; sorted by logit, descending) so only
+  // those cross to the host. Used for greedy (k = 1) and top-k sampling without penalties.
+  // Returns false when the backend has no such path (the caller then uses forward()).
+  virtual bool forward_topk(const Batch& batch, int k, int* ids, float* logits) {
+    (void)batch, (void)k, (void)ids, (void)logits;
+    return false;
+  }
   // Bytes of device (or host) memory the backend holds, for reports.
   virtual int64_t memory_bytes() const = 0;
 };
 
 std::unique_ptr<Backend> make_cpu_backend(const Model& model, const BackendOptions& options);
+// engine/cuda_backend.cu; only in CUDA builds. Throws (one line: bytes needed and free) when
+// the weights, KV cache and scratch do not fit in GPU memory.
+std::unique_ptr<Backend> make_cuda_backend(const Model& model, const BackendOptions& options);
 
 }  // namespace sqz

@@ -15,8 +15,6 @@ void check_vocab(const Model& m, const Tokenizer& t, const std::string& tokenize
 bool cuda_available() { return false; }
 #endif
 
-std::unique_ptr<Backend> make_cuda_backend(const Model& model, const BackendOptions& options);
-
 Engine::Engine(const EngineOptions& o) : o_(o) {
   model_ = load_model(o.model_path);
   if (o.need_tokenizer || !o.tokenizer_path.empty()) {

@@ -26,3 +26,18 @@ void lut_decode_row(const PackedMatrix& w, int row, float* out);
 void lut_gemm(const PackedMatrix& w, const float* x, int n_tokens, float* y, ThreadPool& pool);
 
 }  // namespace sqz
+
+#ifdef SQZ_WITH_CUDA
+#include <cuda_runtime_api.h>
+namespace sqz {
+
+// CUDA: y[t, r] = sum_c W[r, c] * x[t, c] for t < n_tokens, every pointer of `w` on the
+// device. x is fp16 [n_tokens, cols] (__half bits), y fp32 [n_tokens, rows]; fp32 accumulate;
+// CSR outliers applied in the same kernel. Picks the kernel by n_tokens: a GEMV for 1, a
+// batched kernel that decodes each weight once for 2..16, and a tiled tensor-core (or
+// whatever measures fastest) path for more. Any rows/cols (no multiple-of-128 rule).
+void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
+                   cudaStream_t stream);
+
+}  // namespace sqz
+#endif
