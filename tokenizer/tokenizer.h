@@ -36,9 +36,21 @@ class Tokenizer {
   const std::string& model_bytes() const { return bytes_; }
 
  private:
+  friend class StreamDecoder;
+  enum class PieceKind { NORMAL, CONTROL, UNKNOWN, BYTE };
+  // How SentencePiece's decode treats a leading '▁' at the start of the output; it
+  // depends on the model's normaliser flags, so it is probed once at load.
+  enum class LeadingSpace { KEEP, DROP_FIRST, DROP_ALL };
+
   Tokenizer();
+  void check_id(int id) const;         // throws tokenizer_error outside [0, vocab_size)
+  PieceKind piece_kind(int id) const;  // checks the id
+  int byte_value(int id) const;        // 0..255 for a byte piece "<0xNN>"
+
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
   std::string bytes_;
+  std::string source_;  // file name (or what the bytes came from), for error messages
+  LeadingSpace leading_space_ = LeadingSpace::DROP_FIRST;
 };
 
 // Turns a stream of token ids into text pieces that never split a UTF-8 character:
@@ -55,9 +67,17 @@ class StreamDecoder {
   void reset(bool at_start = true);
 
  private:
+  // Moves the complete characters of pending_ to the result; with at_end, an incomplete
+  // tail is final too (its bytes become U+FFFD, as SentencePiece does).
+  std::string take_complete(bool at_end);
+
   const Tokenizer& tok_;
   std::string pending_;  // bytes of an incomplete UTF-8 sequence
   bool at_start_ = true;
+  // Mirror SentencePiece's decode state: whether the previous piece consumed the
+  // leading space, and whether any text (or byte) has been produced since reset().
+  bool bos_ws_seen_ = false;
+  bool text_started_ = false;
 };
 
 enum class ChatTemplate { LLAMA2, ZEPHYR, CHATML, RAW };
