@@ -41,25 +41,24 @@ Engine::Engine(const EngineOptions& o) : o_(o) {
   bo.n_seqs = o.n_seqs;
   bo.n_threads = o.n_threads;
   bo.max_batch = o.max_batch;
-  std::string dev = o.device;
+  backend_ = make_backend(model_, bo, o.device);
+}
+
+std::unique_ptr<Backend> make_backend(const Model& m, const BackendOptions& bo,
+                                      const std::string& device) {
+  std::string dev = device;
   if (dev == "auto") dev = cuda_available() ? "cuda" : "cpu";
-  if (dev == "cpu") {
-    backend_ = make_cpu_backend(model_, bo);
-  } else if (dev == "cuda") {
-    if (!cuda_available())
-      throw std::runtime_error(
+  if (dev == "cpu") return make_cpu_backend(m, bo);
+  if (dev == "cuda") {
 #ifdef SQZ_WITH_CUDA
-          "--device cuda: no usable CUDA GPU was found"
+    if (!cuda_available()) throw std::runtime_error("--device cuda: no usable CUDA GPU was found");
+    return make_cuda_backend(m, bo);
 #else
-          "--device cuda: this build of sqz has no CUDA backend (configure with SQZ_CUDA=ON)"
+    throw std::runtime_error(
+        "--device cuda: this build of sqz has no CUDA backend (configure with SQZ_CUDA=ON)");
 #endif
-      );
-#ifdef SQZ_WITH_CUDA
-    backend_ = make_cuda_backend(model_, bo);
-#endif
-  } else {
-    throw std::invalid_argument("--device must be auto, cpu or cuda, not '" + o.device + "'");
   }
+  throw std::invalid_argument("--device must be auto, cpu or cuda, not '" + device + "'");
 }
 
 const Tokenizer& Engine::tokenizer() const {

@@ -45,4 +45,9 @@ void check_vocab(const Model& m, const Tokenizer& t, const std::string& tokenize
 // Whether this build has the CUDA backend and a usable GPU is present.
 bool cuda_available();
 
+// The backend for `device` (auto: cuda when available, else cpu); throws a one-line error
+// when the device cannot be used.
+std::unique_ptr<Backend> make_backend(const Model& m, const BackendOptions& o,
+                                      const std::string& device);
+
 }  // namespace sqz

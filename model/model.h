@@ -82,6 +82,17 @@ Model load_hf(const std::string& path);
 Model load_llama2c(const std::string& path);
 Model load_packed(const std::string& path);  // model/packed.cpp
 
+// Throws format_error naming `file` and the tensor when `v` (F32, F16 or BF16) holds a NaN
+// or Inf. Readers run it on norms and embeddings (checked on bits, no conversion).
+void check_finite(const TensorView& v, const std::string& file);
+
+// Row r of an HF q/k projection (rotate-half RoPE layout) is this row in Meta's
+// interleaved-pair layout, which sqz uses everywhere (also for gradients of q/k).
+inline int rope_row_hf_to_interleaved(int r, int head_dim) {
+  const int h = r / head_dim, j = r % head_dim, half_dim = head_dim / 2;
+  return h * head_dim + 2 * (j % half_dim) + j / half_dim;
+}
+
 // HF checkpoint tensor names, for readers and writers of gradients / packed files.
 std::string hf_linear_name(int layer, const char* which);  // which: "q_proj", "gate_proj", ...
 

@@ -25,6 +25,8 @@
 // kernels/packed_layout.h, next to the packer; the reader checks row_bytes against it.
 #pragma once
 #include <cstdint>
+#include <map>
+#include <string>
 
 namespace sqz {
 
@@ -36,5 +38,12 @@ inline int64_t packed_row_bytes(int cols, int bits) {
   return int64_t((cols + kPackUnitCols - 1) / kPackUnitCols) * 16 * bits;
 }
 
+
+struct Model;
+// Writes `m` as a packed file: its packed linears as they are, dense linears, norms and
+// embeddings as F16, the tokenizer bytes, and the format metadata plus `extra_metadata`
+// (sqz.quant, sqz.provenance, ...). Written to a temporary name, then renamed.
+void save_packed(const std::string& path, const Model& m,
+                 const std::map<std::string, std::string>& extra_metadata);
 
 }  // namespace sqz

@@ -7,5 +7,7 @@ int cmd_generate(int argc, char** argv);
 int cmd_chat(int argc, char** argv);
 int cmd_perplexity(int argc, char** argv);
 int cmd_inspect(int argc, char** argv);
+int cmd_quantize(int argc, char** argv);
+int cmd_sweep(int argc, char** argv);
 
 }  // namespace sqz::tools

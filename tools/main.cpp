@@ -19,6 +19,8 @@ const Command kCommands[] = {
     {"generate", sqz::tools::cmd_generate, "generate text from a prompt or a file of prompts"},
     {"chat", sqz::tools::cmd_chat, "interactive chat with streaming output"},
     {"perplexity", sqz::tools::cmd_perplexity, "perplexity of a text file (gptq or llamacpp)"},
+    {"quantize", sqz::tools::cmd_quantize, "quantize a checkpoint into a packed .sqz file"},
+    {"sweep", sqz::tools::cmd_sweep, "quantize at several settings and compare perplexity vs size"},
     {"inspect", sqz::tools::cmd_inspect, "print a model's config, tensors and sizes"},
 };
 

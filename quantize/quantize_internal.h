@@ -1,0 +1,47 @@
+// Helpers shared by the quantize/ sources (and their tests), beyond the public contract in
+// quantize/quantizer.h.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "quantize/quantizer.h"
+
+namespace sqz {
+
+// Index of the entry of c[0..k) (ascending, duplicates allowed) nearest to x; on a tie the
+// lower index wins, and among equal centroids the first. Distances are taken in double,
+// where the difference of two floats is exact, so "tie" means an exact tie.
+inline int nearest_centroid(const float* c, int k, float x) {
+  // First centroid >= x (binary search), then compare with its left neighbour.
+  int lo = 0, hi = k;
+  while (lo < hi) {
+    int mid = (lo + hi) / 2;
+    if (c[mid] < x) lo = mid + 1;
+    else hi = mid;
+  }
+  if (lo == k) lo = k - 1;  // x above every centroid: the last one (or its first copy)
+  else if (lo > 0) {
+    double d_right = double(c[lo]) - double(x);
+    double d_left = double(x) - double(c[lo - 1]);
+    if (d_left <= d_right) lo = lo - 1;
+  }
+  while (lo > 0 && c[lo - 1] == c[lo]) lo--;  // first of equal copies
+  return lo;
+}
+
+// Which rule picked an outlier (bit flags; an entry can be picked by several).
+enum OutlierRule : uint8_t {
+  OUTLIER_RULE_MAGNITUDE = 1,  // percentile or IQR rule on |w|
+  OUTLIER_RULE_SENSITIVE = 2,  // top F
+};
+
+struct OutlierSet {
+  std::vector<int64_t> pos;   // sorted flat positions r * cols + c
+  std::vector<uint8_t> rule;  // per position, OutlierRule flags
+};
+
+// select_outliers with the rule(s) behind each position, for the statistics.
+OutlierSet select_outliers_with_rules(const float* w, const float* fisher, int rows, int cols,
+                                      const OutlierOptions& o);
+
+}  // namespace sqz

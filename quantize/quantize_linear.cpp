@@ -1,0 +1,321 @@
+// Quantizes one linear weight W [rows, cols]:
+//   SQUEEZE: outliers (quantize/outliers.cpp) go to a CSR of exact fp16 residuals; every
+//            output row gets a 2^bits-entry fp16 LUT from a weighted 1-D k-means over its
+//            remaining values (weights F) and a packed b-bit index per column.
+//   RTN:     the uniform round-to-nearest baseline. Its per-group scales do not fit the
+//            row-LUT form, so quantize_linear(RTN) fills ONLY rows/cols/bits and the
+//            statistics (no indices, LUT or CSR, no outliers); the caller stores the dense
+//            weights from rtn_quantize() as fp16.
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/packed_layout.h"
+#include "kernels/parallel.h"
+#include "model/dtype.h"
+#include "quantize/quantize_internal.h"
+#include "quantize/quantizer.h"
+
+namespace sqz {
+
+namespace {
+
+std::string at(int r, int c) { return "row " + std::to_string(r) + ", col " + std::to_string(c); }
+
+// The spacing of fp16 values around v: 2^(e - 10) for |v| in [2^e, 2^(e+1)), e >= -14.
+// Below 2^-14 (zero and the subnormals) the spacing is the subnormal step 2^-24, the same
+// as in the lowest normal binade: there a multiple of 2^-24 is always representable.
+// Taken from fp16(v), so a value that rounds up into the next binade gets that binade's
+// (larger, hence safe) ulp. Returns 0 when v is beyond the fp16 range.
+double f16_ulp(double v) {
+  const uint16_t h = f32_to_f16(float(std::fabs(v)));
+  if (!f16_bits_finite(h)) return 0;
+  const int e = (h >> 10) & 0x1f;
+  return std::ldexp(1.0, (e == 0 ? 1 : e) - 15 - 10);
+}
+
+// float(c) + float(fp16(w - c)) == w: the outlier w is reproduced exactly by D + S.
+bool exact_with(float c, float w) {
+  const uint16_t v = f32_to_f16(float(double(w) - double(c)));
+  return f16_bits_finite(v) && c + f16_to_f32(v) == w;
+}
+
+// The outlier centroid c0 for one row's outliers ow[0..n): the LUT value nearest zero,
+// snapped to a multiple of the largest fp16 ulp u among the residuals w - c0. Then each
+// residual is a multiple of its own ulp (the outlier w, an fp16 value, is a multiple of
+// its ulp too, and c0 of u), so it is exact in fp16. Snapping changes the residuals, which
+// may move one into a coarser binade: repeat until c0 is stable. A c0 that is a multiple
+// of u is fp16 itself (it has at most as many significant bits as c0 had). If some
+// residual is still inexact (a residual in a coarser binade than its outlier, possible
+// when c0 and w have opposite signs), c0 = 0, which leaves v = w: exact for every fp16 w.
+// Only a w that is not an fp16 value (fp32/bf16 checkpoints) can fail that: we throw.
+float outlier_centroid(float c0, const float* ow, const int* ocol, int n, int row) {
+  float c = c0;
+  for (int iter = 0; iter < 64; iter++) {
+    double u = 0;
+    for (int t = 0; t < n; t++) {
+      double ulp = f16_ulp(double(ow[t]) - double(c));
+      if (ulp == 0) u = INFINITY;  // residual overflows fp16: only c = 0 can help
+      u = std::max(u, ulp);
+    }
+    float snapped = std::isinf(u) ? 0.0f : float(std::round(double(c) / u) * u);
+    snapped += 0.0f;  // -0 -> +0
+    if (snapped == c) break;
+    c = snapped;
+  }
+  bool ok = f16_to_f32(f32_to_f16(c)) == c;
+  for (int t = 0; t < n && ok; t++) ok = exact_with(c, ow[t]);
+  if (ok) return c;
+  for (int t = 0; t < n; t++)
+    if (!exact_with(0.0f, ow[t]))
+      throw std::runtime_error("quantize_linear: outlier at " + at(row, ocol[t]) + " (w = " +
+                               std::to_string(ow[t]) +
+                               ") cannot be stored exactly: it is not an fp16 value");
+  return 0.0f;
+}
+
+struct RowStats {
+  double weighted_err = 0, sq_err = 0, sq_norm = 0;
+};
+
+// Per-thread buffers, reused across the rows of a chunk.
+struct RowScratch {
+  std::vector<float> xs, fs;   // the row's non-outlier values and their sensitivities
+  std::vector<float> ow;       // the row's outlier values
+  std::vector<int> ocol;       // and their columns
+  std::vector<uint8_t> idx;    // [cols] unpacked indices
+};
+
+void quantize_row(const float* w, const float* fisher, int r, int cols,
+                  const LinearQuantOptions& o, QuantizedLinear& q, RowStats& st,
+                  RowScratch& s) {
+  const int k = 1 << o.bits;
+  const float* row = w + int64_t(r) * cols;
+  const float* frow = fisher ? fisher + int64_t(r) * cols : nullptr;
+  const int o_begin = q.row_ptr[r], o_end = q.row_ptr[r + 1];
+  const int n_out = o_end - o_begin;
+
+  // Split the row into outliers and the values the k-means sees. Outliers have weight 0
+  // in the official recipe; leaving them out is the same (weight-0 values never move a
+  // centroid) and keeps them out of the "all weights zero -> unweighted" fallback.
+  s.xs.clear(), s.fs.clear(), s.ow.clear(), s.ocol.clear();
+  for (int c = 0, t = o_begin; c < cols; c++) {
+    if (t < o_end && q.col_idx[t] == c) {
+      s.ow.push_back(row[c]), s.ocol.push_back(c), t++;
+      continue;
+    }
+    s.xs.push_back(row[c]);
+    if (frow) s.fs.push_back(frow[c]);
+  }
+  const int n_in = int(s.xs.size());
+  const KMeans1D km =
+      o.exact_kmeans
+          ? kmeans_1d_exact(s.xs.data(), frow ? s.fs.data() : nullptr, n_in, k)
+          : kmeans_1d_lloyd(s.xs.data(), frow ? s.fs.data() : nullptr, n_in, k, o.seed + r);
+
+  // fp16 LUT. Rounding is monotone, so it stays ascending (equal neighbours allowed).
+  uint16_t* lut = q.lut.data() + int64_t(r) * k;
+  float lutf[16];
+  for (int j = 0; j < k; j++) {
+    lut[j] = f32_to_f16(km.centroids[j]);
+    if (!f16_bits_finite(lut[j]))
+      throw std::runtime_error("quantize_linear: row " + std::to_string(r) + " centroid " +
+                               std::to_string(km.centroids[j]) + " overflows fp16");
+    lutf[j] = f16_to_f32(lut[j]);
+  }
+
+  // Outliers: snap the centroid nearest zero (see outlier_centroid), keep the LUT sorted.
+  int i0 = 0;
+  if (n_out > 0) {
+    i0 = nearest_centroid(lutf, k, 0.0f);
+    lutf[i0] = outlier_centroid(lutf[i0], s.ow.data(), s.ocol.data(), n_out, r);
+    const float c0 = lutf[i0];
+    std::sort(lutf, lutf + k);
+    i0 = nearest_centroid(lutf, k, c0);  // the first entry equal to c0
+    for (int j = 0; j < k; j++) lut[j] = f32_to_f16(lutf[j]);
+  }
+
+  // Dense indices (non-outliers: nearest fp16 centroid, ties to the lower index; outliers:
+  // c0) and the exact residuals at the outliers.
+  for (int c = 0, t = o_begin; c < cols; c++) {
+    float w_hat;
+    if (t < o_end && q.col_idx[t] == c) {
+      s.idx[c] = uint8_t(i0);
+      const uint16_t v = f32_to_f16(float(double(row[c]) - double(lutf[i0])));
+      q.values[t++] = v;
+      w_hat = lutf[i0] + f16_to_f32(v);  // == row[c], checked in outlier_centroid
+    } else {
+      const int a = nearest_centroid(lutf, k, row[c]);
+      s.idx[c] = uint8_t(a);
+      w_hat = lutf[a];
+    }
+    const double d = double(row[c]) - double(w_hat);
+    st.sq_err += d * d;
+    st.weighted_err += (frow ? double(frow[c]) : 1.0) * d * d;
+    st.sq_norm += double(row[c]) * row[c];
+  }
+  pack_indices(s.idx.data(), 1, cols, o.bits,
+               q.indices.data() + int64_t(r) * packed_row_bytes(cols, o.bits));
+}
+
+void check_shape(int rows, int cols) {
+  if (rows < 0 || cols < 0)
+    throw std::invalid_argument("quantize_linear: negative shape [" + std::to_string(rows) +
+                                ", " + std::to_string(cols) + "]");
+}
+
+// Finite weights everywhere, finite non-negative sensitivities: checked once here so the
+// message names the matrix position.
+void check_values(const float* w, const float* fisher, int rows, int cols) {
+  for (int r = 0; r < rows; r++)
+    for (int c = 0; c < cols; c++) {
+      const int64_t i = int64_t(r) * cols + c;
+      if (!std::isfinite(w[i]))
+        throw std::invalid_argument("quantize_linear: weight at " + at(r, c) + " is not finite");
+      if (fisher && !(std::isfinite(fisher[i]) && fisher[i] >= 0))
+        throw std::invalid_argument("quantize_linear: sensitivity at " + at(r, c) + " is " +
+                                    std::to_string(fisher[i]) + " (expected finite and >= 0)");
+    }
+}
+
+}  // namespace
+
+QuantizedLinear quantize_linear(const float* w, const float* fisher, int rows, int cols,
+                                const LinearQuantOptions& o, ThreadPool& pool) {
+  check_shape(rows, cols);
+  QuantizedLinear q;
+  q.rows = rows, q.cols = cols, q.bits = o.bits;
+
+  if (o.method == QuantMethod::RTN) {
+    check_values(w, fisher, rows, cols);
+    // Stats only (see the top of this file).
+    const std::vector<float> w_hat = rtn_quantize(w, rows, cols, o.bits, o.rtn_group, nullptr);
+    for (int64_t i = 0; i < int64_t(rows) * cols; i++) {
+      const double d = double(w[i]) - double(w_hat[i]);
+      q.sq_err += d * d;
+      q.weighted_err += (fisher ? double(fisher[i]) : 1.0) * d * d;
+      q.sq_norm += double(w[i]) * w[i];
+    }
+    return q;
+  }
+  if (o.method != QuantMethod::SQUEEZE)
+    throw std::invalid_argument("quantize_linear: unknown method");
+  if (o.bits < 2 || o.bits > 4)
+    throw std::invalid_argument("quantize_linear: bits = " + std::to_string(o.bits) +
+                                " (SQUEEZE supports 2, 3, 4)");
+  check_values(w, fisher, rows, cols);
+
+  // Outliers -> CSR structure (positions are sorted, so columns ascend within a row).
+  const OutlierSet out = select_outliers_with_rules(w, fisher, rows, cols, o.outliers);
+  if (out.pos.size() > size_t(INT32_MAX))
+    throw std::runtime_error("quantize_linear: " + std::to_string(out.pos.size()) +
+                             " outliers do not fit int32 CSR offsets");
+  q.row_ptr.assign(size_t(rows) + 1, 0);
+  q.col_idx.resize(out.pos.size());
+  q.values.resize(out.pos.size());
+  for (size_t t = 0; t < out.pos.size(); t++) {
+    q.row_ptr[out.pos[t] / cols + 1]++;
+    q.col_idx[t] = int32_t(out.pos[t] % cols);
+    if (out.rule[t] & OUTLIER_RULE_SENSITIVE) q.n_sensitive++;
+    else q.n_magnitude++;
+  }
+  for (int r = 0; r < rows; r++) q.row_ptr[r + 1] += q.row_ptr[r];
+
+  const int k = 1 << o.bits;
+  q.lut.assign(size_t(rows) * k, 0);
+  q.indices.assign(size_t(rows) * packed_row_bytes(cols, o.bits), 0);
+
+  // One task per row; each row writes only its own slices, and the statistics are summed
+  // in row order afterwards, so the result does not depend on the thread count.
+  std::vector<RowStats> stats(rows);
+  pool.parallel_for(rows, [&](int64_t begin, int64_t end) {
+    RowScratch s;
+    s.idx.resize(cols);
+    for (int64_t r = begin; r < end; r++) quantize_row(w, fisher, int(r), cols, o, q, stats[r], s);
+  });
+  for (const RowStats& st : stats) {
+    q.weighted_err += st.weighted_err;
+    q.sq_err += st.sq_err;
+    q.sq_norm += st.sq_norm;
+  }
+  return q;
+}
+
+// Uniform asymmetric grid per group of `group` columns (group <= 0: the whole row), as
+// GPTQ's quantizer: scale = (max - min) / (2^bits - 1), zero = round(-min / scale),
+// q = clamp(round(w / scale) + zero, 0, 2^bits - 1), w_hat = scale (q - zero); fp32 math,
+// round half to even like torch.round. Unlike GPTQ the range is the group's own min/max
+// (GPTQ widens it to include 0). A constant group reproduces its value exactly.
+std::vector<float> rtn_quantize(const float* w, int rows, int cols, int bits, int group,
+                                double* sq_err) {
+  if (rows < 0 || cols < 0)
+    throw std::invalid_argument("rtn_quantize: negative shape [" + std::to_string(rows) + ", " +
+                                std::to_string(cols) + "]");
+  if (bits < 1 || bits > 16)
+    throw std::invalid_argument("rtn_quantize: bits = " + std::to_string(bits) +
+                                " (expected 1..16)");
+  if (group <= 0 || group > cols) group = std::max(cols, 1);
+  const float maxq = float((1 << bits) - 1);
+  std::vector<float> out(size_t(rows) * cols);
+  double err = 0;
+  for (int r = 0; r < rows; r++) {
+    const float* row = w + int64_t(r) * cols;
+    float* dst = out.data() + int64_t(r) * cols;
+    for (int g0 = 0; g0 < cols; g0 += group) {
+      const int g1 = std::min(cols, g0 + group);
+      float lo = row[g0], hi = row[g0];
+      for (int c = g0; c < g1; c++) {
+        if (!std::isfinite(row[c]))
+          throw std::invalid_argument("rtn_quantize: weight at " + at(r, c) + " is not finite");
+        lo = std::min(lo, row[c]), hi = std::max(hi, row[c]);
+      }
+      if (hi == lo) {  // constant group: scale 0 would divide by zero; keep it exactly
+        for (int c = g0; c < g1; c++) dst[c] = row[c];
+        continue;
+      }
+      const float scale = (hi - lo) / maxq;
+      const float zero = std::nearbyint(-lo / scale);
+      for (int c = g0; c < g1; c++) {
+        const float qv = std::clamp(std::nearbyint(row[c] / scale) + zero, 0.0f, maxq);
+        dst[c] = scale * (qv - zero);
+      }
+    }
+    for (int c = 0; c < cols; c++) {
+      const double d = double(row[c]) - double(dst[c]);
+      err += d * d;
+    }
+  }
+  if (sq_err) *sq_err = err;
+  return out;
+}
+
+std::vector<float> dequantize(const QuantizedLinear& q) {
+  const int k = 1 << q.bits;
+  const int64_t rb = packed_row_bytes(q.cols, q.bits);
+  if (q.bits < 2 || q.bits > 4 || q.rows < 0 || q.cols < 0 ||
+      q.indices.size() != size_t(q.rows) * rb || q.lut.size() != size_t(q.rows) * k ||
+      q.row_ptr.size() != size_t(q.rows) + 1 || q.row_ptr[0] != 0 ||
+      size_t(q.row_ptr[q.rows]) != q.col_idx.size() || q.col_idx.size() != q.values.size())
+    throw std::invalid_argument(
+        "dequantize: inconsistent QuantizedLinear (expected a SQUEEZE result: bits 2..4, "
+        "indices [rows, packed_row_bytes], lut [rows, 2^bits], row_ptr [rows + 1], "
+        "col_idx/values [nnz])");
+  std::vector<float> out(size_t(q.rows) * q.cols);
+  std::vector<uint8_t> idx(q.cols);
+  for (int r = 0; r < q.rows; r++) {
+    float* dst = out.data() + int64_t(r) * q.cols;
+    unpack_row(q.indices.data() + r * rb, q.cols, q.bits, idx.data());
+    for (int c = 0; c < q.cols; c++) dst[c] = f16_to_f32(q.lut[int64_t(r) * k + idx[c]]);
+    for (int t = q.row_ptr[r]; t < q.row_ptr[r + 1]; t++) {
+      const int c = q.col_idx[t];
+      if (c < 0 || c >= q.cols)
+        throw std::invalid_argument("dequantize: row " + std::to_string(r) + " has column " +
+                                    std::to_string(c) + " outside 0.." + std::to_string(q.cols - 1));
+      dst[c] += f16_to_f32(q.values[t]);
+    }
+  }
+  return out;
+}
+
+}  // namespace sqz

@@ -1,0 +1,104 @@
+// sqz quantize: checkpoint (+ squared gradients) -> packed .sqz, with the size table and an
+// optional HTML report.
+#include <cstdio>
+
+#include "model/packed.h"
+#include "quantize/pipeline.h"
+#include "quantize/report.h"
+#include "tools/common.h"
+#include "tools/commands.h"
+
+namespace sqz::tools {
+
+void add_quant_options(cxxopts::Options& o) {
+  o.add_options("quantization")
+      ("gradients", "squared gradients (safetensors, checkpoint tensor names)",
+       cxxopts::value<std::string>()->default_value(""))
+      ("method", "squeeze (SqueezeLLM) or rtn (uniform round-to-nearest baseline)",
+       cxxopts::value<std::string>()->default_value("squeeze"))
+      ("bits", "bits per dense weight: 3 or 4 (2 as an experiment)",
+       cxxopts::value<int>()->default_value("3"))
+      ("outliers", "magnitude outliers: top PCT% of |w| per module",
+       cxxopts::value<double>()->default_value("0"))
+      ("outlier-range", "magnitude outliers by the IQR rule with range r (official recipe; 0 = off)",
+       cxxopts::value<double>()->default_value("0"))
+      ("sensitive", "sensitive outliers: top PCT% of the gradients per module (needs --gradients)",
+       cxxopts::value<double>()->default_value("0"))
+      ("group-size", "RTN group size", cxxopts::value<int>()->default_value("128"))
+      ("kmeans", "exact (1-D dynamic program) or lloyd (official k-means++ + 50 iterations)",
+       cxxopts::value<std::string>()->default_value("exact"))
+      ("overrides", "JSON file of per-module settings", cxxopts::value<std::string>()->default_value(""))
+      ("quantize-head", "quantize the output head too (FP16 by default)");
+}
+
+QuantizeOptions quant_options(const cxxopts::ParseResult& r) {
+  QuantizeOptions q;
+  if (!r.count("model")) throw usage_error("-m/--model is required");
+  q.model_path = r["model"].as<std::string>();
+  q.tokenizer_path = r["tokenizer"].as<std::string>();
+  q.gradients_path = r["gradients"].as<std::string>();
+  q.overrides_path = r["overrides"].as<std::string>();
+  q.n_threads = r["threads"].as<int>();
+  q.quantize_head = r.count("quantize-head") > 0;
+  const std::string method = r["method"].as<std::string>();
+  if (method != "squeeze" && method != "rtn")
+    throw usage_error("--method must be squeeze or rtn, not '" + method + "'");
+  q.base.kind = method;
+  q.base.q.method = method == "rtn" ? QuantMethod::RTN : QuantMethod::SQUEEZE;
+  q.base.q.bits = r["bits"].as<int>();
+  if (q.base.q.bits < 2 || q.base.q.bits > 4) throw usage_error("--bits must be 2, 3 or 4");
+  q.base.q.outliers.magnitude_pct = r["outliers"].as<double>();
+  q.base.q.outliers.iqr_range = r["outlier-range"].as<double>();
+  q.base.q.outliers.sensitive_pct = r["sensitive"].as<double>();
+  q.base.q.rtn_group = r["group-size"].as<int>();
+  const std::string km = r["kmeans"].as<std::string>();
+  if (km != "exact" && km != "lloyd") throw usage_error("--kmeans must be exact or lloyd");
+  q.base.q.exact_kmeans = km == "exact";
+  auto pct_ok = [](double v) { return v >= 0 && v <= 100; };
+  if (!pct_ok(q.base.q.outliers.magnitude_pct) || !pct_ok(q.base.q.outliers.sensitive_pct))
+    throw usage_error("--outliers and --sensitive are percentages in [0, 100]");
+  if (q.base.q.outliers.iqr_range < 0) throw usage_error("--outlier-range must be >= 0");
+  if (q.base.q.rtn_group < 1) throw usage_error("--group-size must be >= 1");
+  if (q.base.q.outliers.sensitive_pct > 0 && q.gradients_path.empty())
+    throw usage_error("--sensitive needs --gradients FILE (squared gradients)");
+  if (method == "rtn" && (q.base.q.outliers.magnitude_pct > 0 || q.base.q.outliers.sensitive_pct > 0))
+    throw usage_error("--method rtn takes no outliers");
+  return q;
+}
+
+int cmd_quantize(int argc, char** argv) {
+  cxxopts::Options o("sqz quantize", "Quantize a checkpoint with SqueezeLLM into one packed .sqz file.");
+  o.add_options("model")
+      ("m,model", "checkpoint: HF folder or .safetensors, or llama2.c .bin", cxxopts::value<std::string>())
+      ("tokenizer", "SentencePiece tokenizer.model (when the checkpoint holds none)",
+       cxxopts::value<std::string>()->default_value(""))
+      ("o,output", "output .sqz file", cxxopts::value<std::string>())
+      ("t,threads", "threads (0: all cores)", cxxopts::value<int>()->default_value("0"));
+  add_quant_options(o);
+  o.add_options("report")
+      ("report", "write an HTML report with plots", cxxopts::value<std::string>()->default_value(""))
+      ("report-module", "module drawn in the report", cxxopts::value<std::string>()->default_value("layers.0.wq"))
+      ("report-row", "row of that module for the histogram", cxxopts::value<int>()->default_value("0"));
+  cxxopts::ParseResult r;
+  if (!parse(o, argc, argv, &r)) return 0;
+  if (!r.count("output")) throw usage_error("-o/--output is required");
+  QuantizeOptions q = quant_options(r);
+  q.report_module = r["report-module"].as<std::string>();
+  q.report_row = r["report-row"].as<int>();
+  Progress progress("quantize", 100);
+  QuantizeResult res = quantize_model(q, [&](int64_t done, int64_t total, const std::string& name) {
+    progress.update(done * 100 / std::max<int64_t>(1, total), name);
+  });
+  progress.finish();
+  const std::string out = r["output"].as<std::string>();
+  save_packed(out, res.model, res.metadata);
+  std::printf("%s", size_table(res.modules, res.model).c_str());
+  std::printf("wrote %s in %.1f s\n", out.c_str(), res.seconds);
+  if (!r["report"].as<std::string>().empty()) {
+    write_html_report(r["report"].as<std::string>(), res, "sqz quantize: " + out);
+    std::printf("report: %s\n", r["report"].as<std::string>().c_str());
+  }
+  return 0;
+}
+
+}  // namespace sqz::tools
