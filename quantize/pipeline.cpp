@@ -32,9 +32,14 @@ LinearWeight* slot(LayerWeights& l, int i) {
   return s[i];
 }
 
+// The weight the quantizer reproduces is the checkpoint's, rounded to FP16 (exact for FP16
+// checkpoints and for BF16 values in FP16's range): outliers are stored in FP16, so this is
+// the precision "exact" can mean. FP32 checkpoints lose only what FP16 inference would.
 std::vector<float> to_f32(const LinearWeight& w) {
   std::vector<float> out(size_t(w.rows) * w.cols);
   convert_to_f32(w.dtype, w.data, out.data(), out.size());
+  if (w.dtype != DType::F16)
+    for (float& v : out) v = f16_to_f32(f32_to_f16(v));
   return out;
 }
 

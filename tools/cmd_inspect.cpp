@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include "model/model.h"
+#include "quantize/report.h"
 #include "tools/common.h"
 #include "tools/commands.h"
 
@@ -54,6 +55,7 @@ int cmd_inspect(int argc, char** argv) {
   std::printf("parameters: %lld (%.2f M)\nweights:    %s (%.3f bits per parameter)\n",
               (long long)m.n_params(), m.n_params() / 1e6, human_bytes(double(m.n_bytes())).c_str(),
               8.0 * double(m.n_bytes()) / double(m.n_params()));
+  if (m.format == "sqz") std::printf("\n%s\n", size_table(module_reports(m), m).c_str());
   if (r.count("tensors")) {
     std::printf("tensors:\n");
     std::printf("  %-40s %-6s [%d, %d] %s\n", "tok_embeddings", dtype_name(m.tok_embeddings.dtype),
