@@ -85,7 +85,7 @@ LinearWeight read_linear(const Reader& rd, const std::string& base, int rows, in
     rd.fail(lut.name, "LUT has " + std::to_string(lut.shape[1]) +
                           " entries per row, expected 2^bits for bits 2, 3 or 4 (4, 8 or 16)");
   rd.finite_f16(lut);
-  const int64_t rb = packed_row_bytes(cols, bits);
+  const int64_t rb = packed_file_row_bytes(cols, bits);
   const TensorView& idx = rd.get(base + ".indices", DType::U8, {rows, rb});
   const TensorView& rp = rd.get(base + ".row_ptr", DType::I32, {int64_t(rows) + 1});
   const int32_t* row_ptr = reinterpret_cast<const int32_t*>(rp.data);

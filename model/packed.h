@@ -34,7 +34,7 @@ constexpr int kPackedFormatVersion = 1;
 constexpr int kPackUnitCols = 128;
 
 // Same formula as kernels/packed_layout.h (model/ does not include kernels/).
-inline int64_t packed_row_bytes(int cols, int bits) {
+inline int64_t packed_file_row_bytes(int cols, int bits) {
   return int64_t((cols + kPackUnitCols - 1) / kPackUnitCols) * 16 * bits;
 }
 

@@ -22,6 +22,8 @@ const Command kCommands[] = {
     {"quantize", sqz::tools::cmd_quantize, "quantize a checkpoint into a packed .sqz file"},
     {"sweep", sqz::tools::cmd_sweep, "quantize at several settings and compare perplexity vs size"},
     {"inspect", sqz::tools::cmd_inspect, "print a model's config, tensors and sizes"},
+    {"bench", sqz::tools::cmd_bench, "prompt and decode throughput (llama-bench style)"},
+    {"synth", sqz::tools::cmd_synth, "write a synthetic packed model with real LLaMA shapes"},
 };
 
 void usage() {
