@@ -126,6 +126,7 @@ int cmd_generate(int argc, char** argv) {
           std::printf("%s%s", prompts[first + i].c_str(), text[i].c_str());
         std::printf("\n");
         if (n > 1 || prompts.size() > 1) std::printf("\n");
+        std::fflush(stdout);  // the timing line on stderr comes after the text
         std::fprintf(stderr,
                      "prompt %zu: %d prompt tokens %.2f ms (%.1f tok/s), %d generated %.2f ms "
                      "(%.1f tok/s), stop: %s\n",
