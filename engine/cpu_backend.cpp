@@ -63,8 +63,16 @@ class CpuBackend : public Backend {
     }
     // KV cache: [layer][seq][pos][kv_dim] fp32, sized from the context length up front.
     size_t per_layer = size_t(n_seqs_) * ctx_ * c_.kv_dim();
-    k_cache_.assign(per_layer * c_.n_layers, 0.0f);
-    v_cache_.assign(per_layer * c_.n_layers, 0.0f);
+    try {
+      k_cache_.assign(per_layer * c_.n_layers, 0.0f);
+      v_cache_.assign(per_layer * c_.n_layers, 0.0f);
+    } catch (const std::bad_alloc&) {
+      throw std::runtime_error("the KV cache needs " +
+                               std::to_string(2 * per_layer * c_.n_layers * 4 >> 20) +
+                               " MiB of memory (ctx " + std::to_string(ctx_) + " x " +
+                               std::to_string(n_seqs_) + " sequences), which is not available; "
+                               "try a smaller -c/--ctx-size");
+    }
   }
 
   std::string name() const override { return "cpu"; }

@@ -1,5 +1,7 @@
 #include "engine/engine.h"
 
+#include <cstdio>
+
 #include "model/errors.h"
 
 namespace sqz {
@@ -38,6 +40,9 @@ Engine::Engine(const EngineOptions& o) : o_(o) {
   }
   BackendOptions bo;
   bo.ctx_size = o.ctx_size > 0 ? o.ctx_size : model_.config.seq_len;
+  if (bo.ctx_size > model_.config.seq_len)
+    std::fprintf(stderr, "warning: context %d is longer than the model's trained context %d\n",
+                 bo.ctx_size, model_.config.seq_len);
   bo.n_seqs = o.n_seqs;
   bo.n_threads = o.n_threads;
   bo.max_batch = o.max_batch;
