@@ -5,9 +5,10 @@
 // Both return ascending float centroids and assign every input value to its nearest
 // centroid (ties to the lower index); the reported cost is sum w (x - c[assign])^2 with
 // those float centroids, in double. Weight-0 values never move a centroid; when every
-// weight is 0 both solve (and report the cost of) the unweighted problem.
+// weight is 0 (or w is null) both solve, and report the cost of, the unweighted problem.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -19,11 +20,6 @@ namespace sqz {
 
 namespace {
 
-// The distinct values with positive (effective) weight, ascending, with summed weights.
-struct Distinct {
-  std::vector<double> x, w;
-};
-
 void check_inputs(const char* fn, const float* x, const float* w, int n, int k) {
   if (n < 0) throw std::invalid_argument(std::string(fn) + ": n = " + std::to_string(n) + " < 0");
   if (k < 1 || k > 256)
@@ -33,54 +29,58 @@ void check_inputs(const char* fn, const float* x, const float* w, int n, int k) 
     if (!std::isfinite(x[i]))
       throw std::invalid_argument(std::string(fn) + ": x[" + std::to_string(i) + "] is not finite");
     if (w && !(std::isfinite(w[i]) && w[i] >= 0))
-      throw std::invalid_argument(std::string(fn) + ": weight[" + std::to_string(i) + "] = " +
-                                  std::to_string(w[i]) + " (expected finite and >= 0)");
+      throw std::invalid_argument(std::string(fn) + ": weight[" + std::to_string(i) +
+                                  "] = " + std::to_string(w[i]) + " (expected finite and >= 0)");
   }
 }
 
-// Effective weights: w, or 1 everywhere when w is null or all zero.
-std::vector<double> effective_weights(const float* w, int n) {
-  std::vector<double> we(n, 1.0);
-  if (!w) return we;
+// ws.we = w, or 1 everywhere when w is null or all zero.
+void effective_weights(const float* w, int n, KMeansWorkspace& ws) {
   bool any = false;
-  for (int i = 0; i < n; i++) any |= w[i] > 0;
-  if (any)
-    for (int i = 0; i < n; i++) we[i] = w[i];
-  return we;
+  for (int i = 0; w && i < n; i++) any |= w[i] > 0;
+  ws.we.resize(n);
+  for (int i = 0; i < n; i++) ws.we[i] = any ? double(w[i]) : 1.0;
 }
 
-// Sort (value, weight) pairs, drop weight-0 values (they do not move centroids and are
-// assigned afterwards) and merge equal values: rows read from fp16 have many duplicates.
-Distinct distinct_values(const float* x, const std::vector<double>& we, int n) {
-  std::vector<std::pair<float, double>> p;
-  p.reserve(n);
-  for (int i = 0; i < n; i++)
-    if (we[i] > 0) p.emplace_back(x[i], we[i]);
-  std::sort(p.begin(), p.end());  // by value, then weight: deterministic merge order
-  Distinct d;
-  for (size_t i = 0; i < p.size(); i++) {
-    if (!d.x.empty() && d.x.back() == double(p[i].first)) {
-      d.w.back() += p[i].second;
+// ws.dx / ws.dw: the values with positive weight, sorted, equal ones merged with their
+// weights summed (rows read from fp16 have many duplicates). Weight-0 values are left out:
+// they do not move centroids and are assigned at the end. The sort key is
+// (order-preserving float bits, position): 8-byte keys sort fast, and equal values merge
+// in position order, so the sums are deterministic.
+void distinct_values(const float* x, int n, KMeansWorkspace& ws) {
+  ws.key.clear();
+  for (int i = 0; i < n; i++) {
+    if (!(ws.we[i] > 0)) continue;
+    uint32_t u;
+    std::memcpy(&u, &x[i], 4);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // negatives reversed, below positives
+    ws.key.push_back(uint64_t(u) << 32 | uint32_t(i));
+  }
+  std::sort(ws.key.begin(), ws.key.end());
+  ws.dx.clear(), ws.dw.clear();
+  for (uint64_t kv : ws.key) {
+    const int i = int(uint32_t(kv));
+    if (!ws.dx.empty() && ws.dx.back() == double(x[i])) {  // also merges -0 with +0
+      ws.dw.back() += ws.we[i];
     } else {
-      d.x.push_back(p[i].first);
-      d.w.push_back(p[i].second);
+      ws.dx.push_back(x[i]);
+      ws.dw.push_back(ws.we[i]);
     }
   }
-  return d;
 }
 
-// Fewer distinct positive-weight values than k: each gets its own centroid and the
-// remaining slots repeat the largest one (no data: all zeros), keeping them ascending.
-std::vector<double> degenerate_centroids(const Distinct& d, int k) {
-  std::vector<double> c(k, d.x.empty() ? 0.0 : d.x.back());
-  for (size_t i = 0; i < d.x.size(); i++) c[i] = d.x[i];
+// At most k distinct positive-weight values: each gets its own centroid and the remaining
+// slots repeat the largest one (no data at all: zeros), keeping them ascending.
+std::vector<double> degenerate_centroids(const KMeansWorkspace& ws, int k) {
+  std::vector<double> c(k, ws.dx.empty() ? 0.0 : ws.dx.back());
+  for (size_t i = 0; i < ws.dx.size(); i++) c[i] = ws.dx[i];
   return c;
 }
 
 // Rounds the centroids to float (ascending), assigns every value to its nearest one and
 // computes the cost with the effective weights.
-KMeans1D finish(const float* x, const std::vector<double>& we, int n,
-                const std::vector<double>& centroids) {
+KMeans1D finish(const float* x, int n, const std::vector<double>& centroids,
+                const KMeansWorkspace& ws) {
   KMeans1D r;
   const int k = int(centroids.size());
   r.centroids.resize(k);
@@ -89,10 +89,10 @@ KMeans1D finish(const float* x, const std::vector<double>& we, int n,
   r.assign.resize(n);
   double cost = 0;
   for (int i = 0; i < n; i++) {
-    int a = nearest_centroid(r.centroids.data(), k, x[i]);
+    const int a = nearest_centroid(r.centroids.data(), k, x[i]);
     r.assign[i] = uint8_t(a);
-    double d = double(x[i]) - double(r.centroids[a]);
-    cost += we[i] * d * d;
+    const double d = double(x[i]) - double(r.centroids[a]);
+    cost += ws.we[i] * d * d;
   }
   r.cost = cost;
   return r;
@@ -106,7 +106,8 @@ KMeans1D finish(const float* x, const std::vector<double>& we, int n,
 // optimal clusters are contiguous in sorted order, and cost satisfies the quadrangle
 // inequality, so the (leftmost) best split i*(j) is non-decreasing in j: each layer is
 // computed by divide and conquer (solve the middle j, recurse on each half with the split
-// range cut at i*(mid)), O(m log m) cost evaluations per layer, O(k m log m) in all.
+// range cut at i*(mid)), O(m log m) cost evaluations per layer, O(k m log m) in all
+// (m distinct values; a cluster never needs to split equal values).
 //
 // cost(i, j) comes from prefix sums S0 = sum w, S1 = sum w x, S2 = sum w x^2 as
 // S2 - S1^2 / S0. That subtracts two nearly equal numbers for a tight cluster far from
@@ -118,35 +119,25 @@ KMeans1D finish(const float* x, const std::vector<double>& we, int n,
 // 1e-15 of the total, which keeps S0 strictly increasing; a weight that small moves no
 // cost by more than the prefix sums' own rounding. Centroids and the reported cost use the
 // true weights.
-class SegmentCost {
- public:
-  explicit SegmentCost(const Distinct& d) {
-    const size_t m = d.x.size();
-    double sw = 0, swx = 0;
-    for (size_t t = 0; t < m; t++) sw += d.w[t], swx += d.w[t] * d.x[t];
-    const double centre = swx / sw, w_floor = sw * 1e-15;
-    s0_.assign(m + 1, 0.0), s1_.assign(m + 1, 0.0), s2_.assign(m + 1, 0.0);
-    for (size_t t = 0; t < m; t++) {
-      const double xc = d.x[t] - centre, w = std::max(d.w[t], w_floor);
-      s0_[t + 1] = s0_[t] + w;
-      s1_[t + 1] = s1_[t] + w * xc;
-      s2_[t + 1] = s2_[t] + w * xc * xc;
-    }
-  }
+struct SegmentCost {
+  const double *s0, *s1, *s2;  // [m + 1] prefix sums
+
   // out[i - i_begin] = prev[i] + cost(i, j) for i in [i_begin, i_end]: a branch-free loop
   // the compiler vectorises (the divisions dominate the whole k-means).
   void candidates(const double* prev, int i_begin, int i_end, int j, double* out) const {
-    const double a0 = s0_[j], a1 = s1_[j], a2 = s2_[j];
-    const double *p0 = s0_.data(), *p1 = s1_.data(), *p2 = s2_.data();
+    const double a0 = s0[j], a1 = s1[j], a2 = s2[j];
     for (int i = i_begin; i <= i_end; i++) {
-      const double w1 = a1 - p1[i];
-      const double c = (a2 - p2[i]) - w1 * w1 / (a0 - p0[i]);
+      const double w1 = a1 - s1[i];
+      const double c = (a2 - s2[i]) - w1 * w1 / (a0 - s0[i]);
       out[i - i_begin] = prev[i] + (c > 0 ? c : 0.0);
     }
   }
-
- private:
-  std::vector<double> s0_, s1_, s2_;
+  // The same for one i (the same operations, so the same rounding).
+  double candidate(const double* prev, int i, int j) const {
+    const double w1 = s1[j] - s1[i];
+    const double c = (s2[j] - s2[i]) - w1 * w1 / (s0[j] - s0[i]);
+    return prev[i] + (c > 0 ? c : 0.0);
+  }
 };
 
 // Index of the first minimum of v[0..n).
@@ -158,22 +149,41 @@ int first_min(const double* v, int n) {
 }
 
 struct DpLayer {
-  const SegmentCost* cost;
-  const double* prev;  // D[c-1][.]
-  double* cur;         // D[c][.]
-  int32_t* arg;        // best split for each j of this layer
-  int min_split;       // c - 1: the first c-1 clusters need c-1 values
-  double* buf;         // scratch, m + 1 candidates
+  SegmentCost cost;
+  const double* prev;       // D[c-1][.]
+  double* cur;              // D[c][.]
+  int32_t* arg;             // best split for each j of this layer
+  const int32_t* arg_prev;  // best splits of layer c-1 (null for c = 2), valid j <= prev_hi
+  int prev_hi;
+  int min_split;  // c - 1: the first c-1 clusters need c-1 values
+  double* buf;    // scratch, m + 1 candidates
 
   // Solves j in [lo, hi] knowing their best splits lie in [opt_lo, opt_hi].
   void solve(int lo, int hi, int opt_lo, int opt_hi) {
     while (lo <= hi) {
       const int mid = lo + (hi - lo) / 2;
-      const int i_begin = std::max(opt_lo, min_split), i_end = std::min(opt_hi, mid - 1);
-      cost->candidates(prev, i_begin, i_end, mid, buf);
-      const int best = first_min(buf, i_end - i_begin + 1);  // the leftmost best split
-      const int best_i = i_begin + best;
-      cur[mid] = buf[best];
+      // With one cluster more, the last one starts no earlier: i*(c, j) >= i*(c-1, j)
+      // (the same quadrangle inequality), a second lower bound.
+      int i_begin = std::max(opt_lo, min_split);
+      if (arg_prev && mid <= prev_hi) i_begin = std::max(i_begin, int(arg_prev[mid]));
+      const int i_end = std::min(opt_hi, mid - 1);
+      i_begin = std::min(i_begin, i_end);  // should rounding ever cross the two bounds
+      int best_i = i_begin;
+      double best;
+      if (i_end - i_begin < 16) {
+        // Most nodes of the recursion have a handful of candidates: a plain loop beats
+        // the vector loop's set-up there.
+        best = cost.candidate(prev, i_begin, mid);
+        for (int i = i_begin + 1; i <= i_end; i++) {
+          const double v = cost.candidate(prev, i, mid);
+          if (v < best) best = v, best_i = i;  // strict: the leftmost best split
+        }
+      } else {
+        cost.candidates(prev, i_begin, i_end, mid, buf);
+        const int b = first_min(buf, i_end - i_begin + 1);
+        best_i += b, best = buf[b];
+      }
+      cur[mid] = best;
       arg[mid] = best_i;
       // Recurse on the smaller half, loop on the other: bounded stack depth.
       if (mid - lo < hi - mid) {
@@ -187,39 +197,58 @@ struct DpLayer {
   }
 };
 
-// Optimal centroids (weighted means) of the m > k distinct values.
-std::vector<double> exact_centroids(const Distinct& d, int k) {
-  const int m = int(d.x.size());
-  const SegmentCost cost(d);
-  // arg[c][j], c = 2..k: start of the last cluster in the best split of the first j values.
-  std::vector<int32_t> arg(size_t(k + 1) * (m + 1), 0);
-  std::vector<double> prev(m + 1, 0.0), cur(m + 1, 0.0), buf(m + 1);
-  std::vector<double> zero(1, 0.0);
-  for (int j = 1; j <= m; j++) cost.candidates(zero.data() - 0, 0, 0, j, &prev[j]);  // one cluster
+// Optimal centroids (weighted means) of the m > k distinct values in ws.dx / ws.dw.
+std::vector<double> exact_centroids(int k, KMeansWorkspace& ws) {
+  const int m = int(ws.dx.size());
+  const double* dx = ws.dx.data();
+  const double* dw = ws.dw.data();
+
+  double sw = 0, swx = 0;
+  for (int t = 0; t < m; t++) sw += dw[t], swx += dw[t] * dx[t];
+  const double centre = swx / sw, w_floor = sw * 1e-15;
+  ws.s0.resize(m + 1), ws.s1.resize(m + 1), ws.s2.resize(m + 1);
+  ws.s0[0] = ws.s1[0] = ws.s2[0] = 0;
+  for (int t = 0; t < m; t++) {
+    const double xc = dx[t] - centre, w = std::max(dw[t], w_floor);
+    ws.s0[t + 1] = ws.s0[t] + w;
+    ws.s1[t + 1] = ws.s1[t] + w * xc;
+    ws.s2[t + 1] = ws.s2[t] + w * xc * xc;
+  }
+  const SegmentCost cost{ws.s0.data(), ws.s1.data(), ws.s2.data()};
+
+  // arg[c][j], c = 2..k: start of the last cluster in the best split of the first j
+  // values. Only the entries the backtrack reads are ever written and read: no clearing.
+  const size_t stride = size_t(m) + 1;
+  if (ws.arg.size() < (size_t(k) + 1) * stride) ws.arg.resize((size_t(k) + 1) * stride);
+  ws.prev.resize(m + 1), ws.cur.resize(m + 1), ws.buf.resize(m + 1);
+  const double no_prefix = 0;                                                  // D[0][0]
+  for (int j = 1; j <= m; j++) ws.prev[j] = cost.candidate(&no_prefix, 0, j);  // one cluster
   for (int c = 2; c <= k; c++) {
-    int32_t* arg_c = arg.data() + size_t(c) * (m + 1);
+    int32_t* arg_c = ws.arg.data() + size_t(c) * stride;
     if (c == k) {
       // Last layer: only j = m is needed.
-      cost.candidates(prev.data(), c - 1, m - 1, m, buf.data());
-      arg_c[m] = c - 1 + first_min(buf.data(), m - c + 1);
+      cost.candidates(ws.prev.data(), c - 1, m - 1, m, ws.buf.data());
+      arg_c[m] = c - 1 + first_min(ws.buf.data(), m - c + 1);
       break;
     }
     // j ranges over [c, m - (k - c)]: every later cluster still needs one value.
-    DpLayer layer{&cost, prev.data(), cur.data(), arg_c, c - 1, buf.data()};
+    const int32_t* arg_prev = c > 2 ? arg_c - stride : nullptr;
+    DpLayer layer{cost,     ws.prev.data(),  ws.cur.data(), arg_c,
+                  arg_prev, m - (k - c + 1), c - 1,         ws.buf.data()};
     layer.solve(c, m - (k - c), c - 1, m - 1);
-    std::swap(prev, cur);
+    std::swap(ws.prev, ws.cur);
   }
   // Backtrack the cluster boundaries, then take each cluster's weighted mean directly
   // (not from the centred prefix sums, which lose digits for small clusters).
   std::vector<int> start(k + 1);
   start[k] = m;
-  for (int c = k; c >= 2; c--) start[c - 1] = arg[size_t(c) * (m + 1) + start[c]];
+  for (int c = k; c >= 2; c--) start[c - 1] = ws.arg[size_t(c) * stride + start[c]];
   start[0] = 0;
   std::vector<double> centroids(k);
   for (int c = 0; c < k; c++) {
-    double sw = 0, swx = 0;
-    for (int t = start[c]; t < start[c + 1]; t++) sw += d.w[t], swx += d.w[t] * d.x[t];
-    centroids[c] = swx / sw;
+    double cw = 0, cwx = 0;
+    for (int t = start[c]; t < start[c + 1]; t++) cw += dw[t], cwx += dw[t] * dx[t];
+    centroids[c] = cwx / cw;
   }
   return centroids;
 }
@@ -231,75 +260,83 @@ std::vector<double> exact_centroids(const Distinct& d, int k) {
 double uniform01(std::mt19937_64& rng) { return double(rng() >> 11) * 0x1.0p-53; }
 
 // First index whose prefix sum exceeds target (target in [0, total)): an entry of zero
-// mass is never picked, so neither are weight-0 values or current centres.
+// mass is never picked, so neither are weight-0 values nor current centres.
 int sample_index(const std::vector<double>& prefix, double target) {
   int i = int(std::upper_bound(prefix.begin(), prefix.end(), target) - prefix.begin());
   return std::min(i, int(prefix.size()) - 1);
 }
 
-// Greedy k-means++ as in sklearn (_kmeans_plusplus): the first centre drawn with
-// probability proportional to w; each next one as the best of 2 + floor(ln k) candidates
-// drawn proportional to w * D^2, "best" meaning the lowest resulting potential.
-std::vector<double> kmeans_plus_plus(const std::vector<double>& x, const std::vector<double>& w,
-                                     int k, std::mt19937_64& rng) {
+// Greedy k-means++ as in sklearn (_kmeans_plusplus) over ws.xs / ws.ws: the first centre
+// drawn with probability proportional to w; each next one the best of 2 + floor(ln k)
+// candidates drawn proportional to w * D^2, "best" meaning the lowest resulting potential.
+std::vector<double> kmeans_plus_plus(int k, std::mt19937_64& rng, KMeansWorkspace& ws) {
+  const std::vector<double>& x = ws.xs;
+  const std::vector<double>& w = ws.ws;
   const int n = int(x.size());
   const int n_trials = 2 + int(std::log(double(k)));
-  std::vector<double> prefix(n), best_d2(n), cand_d2(n), closest(n);
+  ws.prefix.resize(n), ws.closest.resize(n), ws.best_d2.resize(n), ws.cand_d2.resize(n);
   std::vector<double> centres;
   centres.reserve(k);
 
   double total = 0;
-  for (int i = 0; i < n; i++) prefix[i] = total += w[i];
-  centres.push_back(x[sample_index(prefix, uniform01(rng) * total)]);
+  for (int i = 0; i < n; i++) ws.prefix[i] = total += w[i];
+  centres.push_back(x[sample_index(ws.prefix, uniform01(rng) * total)]);
   double pot = 0;
   for (int i = 0; i < n; i++) {
-    double d = x[i] - centres[0];
-    closest[i] = d * d;
-    pot += w[i] * closest[i];
+    const double d = x[i] - centres[0];
+    ws.closest[i] = d * d;
+    pot += w[i] * ws.closest[i];
   }
   for (int c = 1; c < k; c++) {
     double acc = 0;
-    for (int i = 0; i < n; i++) prefix[i] = acc += w[i] * closest[i];
+    for (int i = 0; i < n; i++) ws.prefix[i] = acc += w[i] * ws.closest[i];
     double best_pot = 0;
     int best = -1;
     for (int t = 0; t < n_trials; t++) {
-      const int cand = sample_index(prefix, uniform01(rng) * pot);
+      const int cand = sample_index(ws.prefix, uniform01(rng) * pot);
       double cand_pot = 0;
       for (int i = 0; i < n; i++) {
-        double d = x[i] - x[cand];
-        cand_d2[i] = std::min(closest[i], d * d);
-        cand_pot += w[i] * cand_d2[i];
+        const double d = x[i] - x[cand];
+        ws.cand_d2[i] = std::min(ws.closest[i], d * d);
+        cand_pot += w[i] * ws.cand_d2[i];
       }
-      if (best < 0 || cand_pot < best_pot) best = cand, best_pot = cand_pot, best_d2.swap(cand_d2);
+      if (best < 0 || cand_pot < best_pot) {
+        best = cand, best_pot = cand_pot;
+        ws.best_d2.swap(ws.cand_d2);
+      }
     }
     centres.push_back(x[best]);
-    closest.swap(best_d2);
+    ws.closest.swap(ws.best_d2);
     pot = best_pot;
   }
   return centres;
 }
 
-// Lloyd iterations on centroids kept ascending (in 1-D the update preserves their order).
-// A cluster without weight keeps its centroid; stops when no assignment changes.
-std::vector<double> lloyd(const std::vector<double>& x, const std::vector<double>& w,
-                          std::vector<double> c, int max_iter) {
+// Lloyd iterations over ws.xs / ws.ws on centroids kept ascending (in 1-D the update
+// preserves their order). A cluster without weight keeps its centroid; stops when no
+// assignment changes, or after max_iter updates.
+std::vector<double> lloyd(std::vector<double> c, int max_iter, KMeansWorkspace& ws) {
+  const std::vector<double>& x = ws.xs;
+  const std::vector<double>& w = ws.ws;
   const int n = int(x.size()), k = int(c.size());
   std::sort(c.begin(), c.end());
-  std::vector<int> assign(n, -1);
+  ws.assign.assign(n, -1);
   std::vector<double> sw(k), swx(k);
   for (int it = 0; it < max_iter; it++) {
     bool changed = false;
     for (int i = 0; i < n; i++) {
-      // Nearest centroid, ties to the lower index (k is small: a binary search).
+      // Nearest centroid, ties to the lower index (binary search; centroids distinct).
       int a = int(std::lower_bound(c.begin(), c.end(), x[i]) - c.begin());
-      if (a == k) a = k - 1;
-      else if (a > 0 && x[i] - c[a - 1] <= c[a] - x[i]) a--;
-      if (a != assign[i]) changed = true, assign[i] = a;
+      if (a == k)
+        a = k - 1;
+      else if (a > 0 && x[i] - c[a - 1] <= c[a] - x[i])
+        a--;
+      if (a != ws.assign[i]) changed = true, ws.assign[i] = a;
     }
     if (!changed) break;
     std::fill(sw.begin(), sw.end(), 0.0);
     std::fill(swx.begin(), swx.end(), 0.0);
-    for (int i = 0; i < n; i++) sw[assign[i]] += w[i], swx[assign[i]] += w[i] * x[i];
+    for (int i = 0; i < n; i++) sw[ws.assign[i]] += w[i], swx[ws.assign[i]] += w[i] * x[i];
     for (int j = 0; j < k; j++)
       if (sw[j] > 0) c[j] = swx[j] / sw[j];
     std::sort(c.begin(), c.end());  // a no-op but for rounding at equal means
@@ -309,29 +346,39 @@ std::vector<double> lloyd(const std::vector<double>& x, const std::vector<double
 
 }  // namespace
 
-KMeans1D kmeans_1d_exact(const float* x, const float* w, int n, int k) {
+KMeans1D kmeans_1d_exact(const float* x, const float* w, int n, int k, KMeansWorkspace& ws) {
   check_inputs("kmeans_1d_exact", x, w, n, k);
-  const std::vector<double> we = effective_weights(w, n);
-  const Distinct d = distinct_values(x, we, n);
-  if (int(d.x.size()) <= k) return finish(x, we, n, degenerate_centroids(d, k));
-  return finish(x, we, n, exact_centroids(d, k));
+  effective_weights(w, n, ws);
+  distinct_values(x, n, ws);
+  if (int(ws.dx.size()) <= k) return finish(x, n, degenerate_centroids(ws, k), ws);
+  return finish(x, n, exact_centroids(k, ws), ws);
+}
+
+KMeans1D kmeans_1d_lloyd(const float* x, const float* w, int n, int k, uint64_t seed, int max_iter,
+                         KMeansWorkspace& ws) {
+  check_inputs("kmeans_1d_lloyd", x, w, n, k);
+  effective_weights(w, n, ws);
+  distinct_values(x, n, ws);
+  if (int(ws.dx.size()) <= k) return finish(x, n, degenerate_centroids(ws, k), ws);
+  // The samples in input order (as sklearn sees them), weight-0 ones dropped: they cannot
+  // be drawn as centres and do not move means.
+  ws.xs.clear(), ws.ws.clear();
+  for (int i = 0; i < n; i++)
+    if (ws.we[i] > 0) ws.xs.push_back(x[i]), ws.ws.push_back(ws.we[i]);
+  std::mt19937_64 rng(seed);
+  std::vector<double> c = kmeans_plus_plus(k, rng, ws);
+  return finish(x, n, lloyd(std::move(c), std::max(max_iter, 1), ws), ws);
+}
+
+KMeans1D kmeans_1d_exact(const float* x, const float* w, int n, int k) {
+  KMeansWorkspace ws;
+  return kmeans_1d_exact(x, w, n, k, ws);
 }
 
 KMeans1D kmeans_1d_lloyd(const float* x, const float* w, int n, int k, uint64_t seed,
                          int max_iter) {
-  check_inputs("kmeans_1d_lloyd", x, w, n, k);
-  const std::vector<double> we = effective_weights(w, n);
-  const Distinct d = distinct_values(x, we, n);
-  if (int(d.x.size()) <= k) return finish(x, we, n, degenerate_centroids(d, k));
-  // The samples in input order (as sklearn sees them), weight-0 ones dropped: they cannot
-  // be drawn as centres and do not move means.
-  std::vector<double> xs, ws;
-  xs.reserve(n), ws.reserve(n);
-  for (int i = 0; i < n; i++)
-    if (we[i] > 0) xs.push_back(x[i]), ws.push_back(we[i]);
-  std::mt19937_64 rng(seed);
-  std::vector<double> c = kmeans_plus_plus(xs, ws, k, rng);
-  return finish(x, we, n, lloyd(xs, ws, std::move(c), std::max(max_iter, 1)));
+  KMeansWorkspace ws;
+  return kmeans_1d_lloyd(x, w, n, k, seed, max_iter, ws);
 }
 
 }  // namespace sqz

@@ -28,24 +28,27 @@ int64_t percent_count(double pct, int64_t n) {
 }
 
 // Marks (flag |= bit) the `count` entries with the largest key. Entries equal to the
-// cut-off value are taken in position order, so the choice is deterministic.
+// cut-off value are taken in position order, so the choice is deterministic. tmp is
+// scratch (a module can have 45M entries: one copy at a time).
 void mark_top(const std::vector<float>& key, int64_t count, uint8_t bit,
-              std::vector<uint8_t>& flags) {
+              std::vector<uint8_t>& flags, std::vector<float>& tmp) {
   const int64_t n = int64_t(key.size());
   if (count <= 0) return;
   if (count >= n) {
     for (auto& f : flags) f |= bit;
     return;
   }
-  std::vector<float> tmp(key);
+  tmp.assign(key.begin(), key.end());
   std::nth_element(tmp.begin(), tmp.begin() + (n - count), tmp.end());
   const float cut = tmp[n - count];  // the count-th largest key
   int64_t n_above = 0;
   for (int64_t i = 0; i < n; i++) n_above += key[i] > cut;
   int64_t n_at_cut = count - n_above;  // how many of the entries equal to cut to take
   for (int64_t i = 0; i < n; i++) {
-    if (key[i] > cut) flags[i] |= bit;
-    else if (key[i] == cut && n_at_cut > 0) flags[i] |= bit, n_at_cut--;
+    if (key[i] > cut)
+      flags[i] |= bit;
+    else if (key[i] == cut && n_at_cut > 0)
+      flags[i] |= bit, n_at_cut--;
   }
 }
 
@@ -70,8 +73,8 @@ double quantile_linear(std::vector<float>& a, double q) {
 OutlierSet select_outliers_with_rules(const float* w, const float* fisher, int rows, int cols,
                                       const OutlierOptions& o) {
   if (rows < 0 || cols < 0)
-    throw std::invalid_argument("select_outliers: negative shape [" + std::to_string(rows) +
-                                ", " + std::to_string(cols) + "]");
+    throw std::invalid_argument("select_outliers: negative shape [" + std::to_string(rows) + ", " +
+                                std::to_string(cols) + "]");
   auto check_pct = [](const char* name, double v) {
     if (!(v >= 0 && v <= 100))
       throw std::invalid_argument(std::string("select_outliers: ") + name + " = " +
@@ -93,28 +96,31 @@ OutlierSet select_outliers_with_rules(const float* w, const float* fisher, int r
                                   ", col " + std::to_string(i % cols) + " is not finite");
 
   std::vector<uint8_t> flags(n, 0);
+  std::vector<float> key, tmp;
   if (n > 0 && (o.magnitude_pct > 0 || o.iqr_range > 0)) {
-    std::vector<float> mag(n);
+    std::vector<float>& mag = key;
+    mag.resize(n);
     for (int64_t i = 0; i < n; i++) mag[i] = std::fabs(w[i]);
-    mark_top(mag, percent_count(o.magnitude_pct, n), OUTLIER_RULE_MAGNITUDE, flags);
+    mark_top(mag, percent_count(o.magnitude_pct, n), OUTLIER_RULE_MAGNITUDE, flags, tmp);
     if (o.iqr_range > 0) {
-      std::vector<float> tmp(w, w + n);
+      tmp.assign(w, w + n);
       const double q1 = quantile_linear(tmp, 0.25), q3 = quantile_linear(tmp, 0.75);
       const double iqr = q3 - q1;
-      const double t = std::max(std::fabs(q1 - o.iqr_range * iqr), std::fabs(q3 + o.iqr_range * iqr));
+      const double t =
+          std::max(std::fabs(q1 - o.iqr_range * iqr), std::fabs(q3 + o.iqr_range * iqr));
       for (int64_t i = 0; i < n; i++)
         if (double(mag[i]) > t) flags[i] |= OUTLIER_RULE_MAGNITUDE;
     }
   }
   if (n > 0 && o.sensitive_pct > 0) {
-    std::vector<float> f(fisher, fisher + n);
     for (int64_t i = 0; i < n; i++)
-      if (!(std::isfinite(f[i]) && f[i] >= 0))
+      if (!(std::isfinite(fisher[i]) && fisher[i] >= 0))
         throw std::invalid_argument("select_outliers: sensitivity at row " +
-                                    std::to_string(i / cols) + ", col " +
-                                    std::to_string(i % cols) + " is " + std::to_string(f[i]) +
+                                    std::to_string(i / cols) + ", col " + std::to_string(i % cols) +
+                                    " is " + std::to_string(fisher[i]) +
                                     " (expected finite and >= 0)");
-    mark_top(f, percent_count(o.sensitive_pct, n), OUTLIER_RULE_SENSITIVE, flags);
+    key.assign(fisher, fisher + n);
+    mark_top(key, percent_count(o.sensitive_pct, n), OUTLIER_RULE_SENSITIVE, flags, tmp);
   }
 
   OutlierSet s;

@@ -32,9 +32,9 @@ LinearWeight* slot(LayerWeights& l, int i) {
   return s[i];
 }
 
-// The weight the quantizer reproduces is the checkpoint's, rounded to FP16 (exact for FP16
-// checkpoints and for BF16 values in FP16's range): outliers are stored in FP16, so this is
-// the precision "exact" can mean. FP32 checkpoints lose only what FP16 inference would.
+// The weight the quantizer reproduces is the checkpoint's, rounded to FP16 (the identity for
+// FP16 checkpoints; BF16 values lose only bits below FP16's subnormal range, 2^-24): outliers
+// are stored in FP16, so this is the precision "exact" can mean.
 std::vector<float> to_f32(const LinearWeight& w) {
   std::vector<float> out(size_t(w.rows) * w.cols);
   convert_to_f32(w.dtype, w.data, out.data(), out.size());

@@ -16,10 +16,13 @@ inline int nearest_centroid(const float* c, int k, float x) {
   int lo = 0, hi = k;
   while (lo < hi) {
     int mid = (lo + hi) / 2;
-    if (c[mid] < x) lo = mid + 1;
-    else hi = mid;
+    if (c[mid] < x)
+      lo = mid + 1;
+    else
+      hi = mid;
   }
-  if (lo == k) lo = k - 1;  // x above every centroid: the last one (or its first copy)
+  if (lo == k)
+    lo = k - 1;  // x above every centroid: the last one (or its first copy)
   else if (lo > 0) {
     double d_right = double(c[lo]) - double(x);
     double d_left = double(x) - double(c[lo - 1]);
@@ -28,6 +31,24 @@ inline int nearest_centroid(const float* c, int k, float x) {
   while (lo > 0 && c[lo - 1] == c[lo]) lo--;  // first of equal copies
   return lo;
 }
+
+// Reusable buffers for the 1-D k-means: one per thread, so a module's rows do not pay
+// for fresh (page-faulting) allocations each. Holds no state between calls.
+struct KMeansWorkspace {
+  std::vector<uint64_t> key;                                      // sort keys
+  std::vector<double> we;                                         // effective weights
+  std::vector<double> dx, dw;                                     // distinct values, summed weights
+  std::vector<double> s0, s1, s2;                                 // DP prefix sums
+  std::vector<double> prev, cur, buf;                             // DP layers, candidate scratch
+  std::vector<int32_t> arg;                                       // DP best splits [k + 1, m + 1]
+  std::vector<double> xs, ws, prefix, closest, best_d2, cand_d2;  // Lloyd
+  std::vector<int> assign;                                        // Lloyd
+};
+
+// kmeans_1d_exact / kmeans_1d_lloyd with caller-owned buffers (same results).
+KMeans1D kmeans_1d_exact(const float* x, const float* w, int n, int k, KMeansWorkspace& ws);
+KMeans1D kmeans_1d_lloyd(const float* x, const float* w, int n, int k, uint64_t seed, int max_iter,
+                         KMeansWorkspace& ws);
 
 // Which rule picked an outlier (bit flags; an entry can be picked by several).
 enum OutlierRule : uint8_t {

@@ -42,14 +42,16 @@ bool exact_with(float c, float w) {
 }
 
 // The outlier centroid c0 for one row's outliers ow[0..n): the LUT value nearest zero,
-// snapped to a multiple of the largest fp16 ulp u among the residuals w - c0. Then each
-// residual is a multiple of its own ulp (the outlier w, an fp16 value, is a multiple of
-// its ulp too, and c0 of u), so it is exact in fp16. Snapping changes the residuals, which
-// may move one into a coarser binade: repeat until c0 is stable. A c0 that is a multiple
-// of u is fp16 itself (it has at most as many significant bits as c0 had). If some
-// residual is still inexact (a residual in a coarser binade than its outlier, possible
-// when c0 and w have opposite signs), c0 = 0, which leaves v = w: exact for every fp16 w.
-// Only a w that is not an fp16 value (fp32/bf16 checkpoints) can fail that: we throw.
+// snapped to a multiple of u, the largest fp16 ulp among the residuals w - c0 (a shift of
+// at most u/2, far below the quantisation step when outliers are moderate; c0 rounds to 0
+// when they are large). Why it works: an fp16 w is a multiple of ulp(w), c0 of u, so
+// w - c0 is a multiple of min(ulp(w), u), which is fp16-exact when that is at least
+// ulp(w - c0): always, unless the residual is in a coarser binade than w itself (possible
+// when c0 and w have opposite signs). Snapping changes the residuals, which may move one
+// into a coarser binade: repeat until c0 is stable. A multiple of u no finer than c0's own
+// spacing has no more significant bits than c0, so it is fp16 too. If some residual is
+// still inexact, c0 = 0 (a multiple of every u), which leaves v = w: exact for every fp16
+// w. Only a w that is not an fp16 value (an unrounded fp32/bf16 weight) fails that: throw.
 float outlier_centroid(float c0, const float* ow, const int* ocol, int n, int row) {
   float c = c0;
   for (int iter = 0; iter < 64; iter++) {
@@ -69,8 +71,8 @@ float outlier_centroid(float c0, const float* ow, const int* ocol, int n, int ro
   if (ok) return c;
   for (int t = 0; t < n; t++)
     if (!exact_with(0.0f, ow[t]))
-      throw std::runtime_error("quantize_linear: outlier at " + at(row, ocol[t]) + " (w = " +
-                               std::to_string(ow[t]) +
+      throw std::runtime_error("quantize_linear: outlier at " + at(row, ocol[t]) +
+                               " (w = " + std::to_string(ow[t]) +
                                ") cannot be stored exactly: it is not an fp16 value");
   return 0.0f;
 }
@@ -81,15 +83,15 @@ struct RowStats {
 
 // Per-thread buffers, reused across the rows of a chunk.
 struct RowScratch {
-  std::vector<float> xs, fs;   // the row's non-outlier values and their sensitivities
-  std::vector<float> ow;       // the row's outlier values
-  std::vector<int> ocol;       // and their columns
-  std::vector<uint8_t> idx;    // [cols] unpacked indices
+  std::vector<float> xs, fs;  // the row's non-outlier values and their sensitivities
+  std::vector<float> ow;      // the row's outlier values
+  std::vector<int> ocol;      // and their columns
+  std::vector<uint8_t> idx;   // [cols] unpacked indices
+  KMeansWorkspace kmeans;
 };
 
-void quantize_row(const float* w, const float* fisher, int r, int cols,
-                  const LinearQuantOptions& o, QuantizedLinear& q, RowStats& st,
-                  RowScratch& s) {
+void quantize_row(const float* w, const float* fisher, int r, int cols, const LinearQuantOptions& o,
+                  QuantizedLinear& q, RowStats& st, RowScratch& s) {
   const int k = 1 << o.bits;
   const float* row = w + int64_t(r) * cols;
   const float* frow = fisher ? fisher + int64_t(r) * cols : nullptr;
@@ -110,9 +112,9 @@ void quantize_row(const float* w, const float* fisher, int r, int cols,
   }
   const int n_in = int(s.xs.size());
   const KMeans1D km =
-      o.exact_kmeans
-          ? kmeans_1d_exact(s.xs.data(), frow ? s.fs.data() : nullptr, n_in, k)
-          : kmeans_1d_lloyd(s.xs.data(), frow ? s.fs.data() : nullptr, n_in, k, o.seed + r);
+      o.exact_kmeans ? kmeans_1d_exact(s.xs.data(), frow ? s.fs.data() : nullptr, n_in, k, s.kmeans)
+                     : kmeans_1d_lloyd(s.xs.data(), frow ? s.fs.data() : nullptr, n_in, k,
+                                       o.seed + r, 50, s.kmeans);
 
   // fp16 LUT. Rounding is monotone, so it stays ascending (equal neighbours allowed).
   uint16_t* lut = q.lut.data() + int64_t(r) * k;
@@ -161,8 +163,8 @@ void quantize_row(const float* w, const float* fisher, int r, int cols,
 
 void check_shape(int rows, int cols) {
   if (rows < 0 || cols < 0)
-    throw std::invalid_argument("quantize_linear: negative shape [" + std::to_string(rows) +
-                                ", " + std::to_string(cols) + "]");
+    throw std::invalid_argument("quantize_linear: negative shape [" + std::to_string(rows) + ", " +
+                                std::to_string(cols) + "]");
 }
 
 // Finite weights everywhere, finite non-negative sensitivities: checked once here so the
@@ -217,8 +219,10 @@ QuantizedLinear quantize_linear(const float* w, const float* fisher, int rows, i
   for (size_t t = 0; t < out.pos.size(); t++) {
     q.row_ptr[out.pos[t] / cols + 1]++;
     q.col_idx[t] = int32_t(out.pos[t] % cols);
-    if (out.rule[t] & OUTLIER_RULE_SENSITIVE) q.n_sensitive++;
-    else q.n_magnitude++;
+    if (out.rule[t] & OUTLIER_RULE_SENSITIVE)
+      q.n_sensitive++;
+    else
+      q.n_magnitude++;
   }
   for (int r = 0; r < rows; r++) q.row_ptr[r + 1] += q.row_ptr[r];
 
@@ -311,7 +315,8 @@ std::vector<float> dequantize(const QuantizedLinear& q) {
       const int c = q.col_idx[t];
       if (c < 0 || c >= q.cols)
         throw std::invalid_argument("dequantize: row " + std::to_string(r) + " has column " +
-                                    std::to_string(c) + " outside 0.." + std::to_string(q.cols - 1));
+                                    std::to_string(c) + " outside 0.." +
+                                    std::to_string(q.cols - 1));
       dst[c] += f16_to_f32(q.values[t]);
     }
   }

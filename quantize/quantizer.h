@@ -72,10 +72,9 @@ struct QuantizedLinear {
 // entries are re-assigned to their nearest fp16 centroid. So float(c0) + float(v) == w for
 // every outlier, checked, and D + S reproduces w exactly there.
 //
-// RTN: per group of rtn_group columns, asymmetric min/max uniform grid with 2^bits levels,
-// stored in the same LUT + index form (the row's LUT cannot hold per-group scales, so RTN is
-// written as a dense fp16 weight holding the de-quantised values: the quality baseline, not a
-// speed path).
+// RTN (o.method == RTN): only the shape and the statistics are filled; the baseline's
+// per-group scales do not fit a per-row LUT, so callers store rtn_quantize()'s dequantised
+// weights densely (a quality baseline, not a speed path).
 QuantizedLinear quantize_linear(const float* w, const float* fisher, int rows, int cols,
                                 const LinearQuantOptions& o, ThreadPool& pool);
 
