@@ -21,3 +21,54 @@ struct AttentionArgs {
 void attention(const AttentionArgs& a, ThreadPool& pool);
 
 }  // namespace sqz
+
+#ifdef SQZ_WITH_CUDA
+#include <cuda_runtime_api.h>
+#include <cstddef>
+namespace sqz {
+
+// Causal GQA attention on the GPU over an fp16 KV cache (the rope_cuda append wrote this
+// step's K/V already). Same math as attention(): per (token, head),
+// out = softmax(q . k_p * 1/sqrt(head_dim), p = 0..pos) . v_p, fp32 scores and softmax,
+// fp32 accumulation, output rounded to fp16 (the input of the o projection).
+struct AttentionCudaParams {
+  int n_tokens = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  const float* q = nullptr;           // device; token t head h at q + t * q_stride + h * head_dim
+  int q_stride = 0;                   // floats between tokens (the fused qkv row width)
+  const uint16_t* k_cache = nullptr;  // device fp16 [n_seqs][ctx][kv_dim], this layer
+  const uint16_t* v_cache = nullptr;
+  int64_t seq_stride = 0;             // elements between two sequences: ctx * kv_dim
+  const int* pos = nullptr;           // device [n_tokens]: attends to positions 0..pos[t]
+  const int* seq = nullptr;           // device [n_tokens]: the cache slot of token t
+  uint16_t* out = nullptr;            // device [n_tokens, n_heads * head_dim] fp16
+};
+
+// Prefill: batch tokens grouped into tiles of up to kAttentionTileTokens consecutive tokens
+// of one sequence; a tile's keys are positions 0..max_pos of its sequence, each query masked
+// to its own pos (so positions need not be consecutive or sorted).
+constexpr int kAttentionTileTokens = 32;
+struct AttentionTile {
+  int t0 = 0;       // first batch token of the tile
+  int n = 0;        // tokens in the tile (1..kAttentionTileTokens)
+  int seq = 0;      // their sequence
+  int max_pos = 0;  // largest pos among them
+};
+// Host: groups consecutive tokens of the same sequence into tiles; `tiles` has room for
+// n_tokens. Returns the number of tiles.
+int attention_make_tiles(const int* seq, const int* pos, int n_tokens, AttentionTile* tiles);
+// head_dim <= 256. Tiles on the device.
+void attention_prefill_cuda(const AttentionCudaParams& p, const AttentionTile* tiles,
+                            int n_tiles, cudaStream_t stream);
+
+// Decode (flash-decoding): one block per (token, kv head, split of the cache); the splits
+// cut 0..pos[t] into n_splits chunks at run time (pos is read on the device, so a CUDA
+// graph replays with any length), and a combine kernel merges them. n_splits = 1 writes
+// the output directly. Handles any batch (each token on its own), best when every token is
+// a different sequence's next token. Needs (n_heads / n_kv_heads) * head_dim <= 2048.
+int attention_decode_splits(int n_tokens, int n_kv_heads, int ctx_size, int n_sms);
+size_t attention_decode_scratch_floats(int n_tokens, int n_heads, int head_dim, int n_splits);
+void attention_decode_cuda(const AttentionCudaParams& p, int n_splits, float* scratch,
+                           cudaStream_t stream);
+
+}  // namespace sqz
+#endif

@@ -36,8 +36,15 @@ namespace sqz {
 // CSR outliers applied in the same kernel. Picks the kernel by n_tokens: a GEMV for 1, a
 // batched kernel that decodes each weight once for 2..16, and a tiled tensor-core (or
 // whatever measures fastest) path for more. Any rows/cols (no multiple-of-128 rule).
+// Launch errors throw cuda_error; bad arguments (bits, row_bytes, alignment: indices 16-byte,
+// lut 4-byte) throw std::invalid_argument. No host synchronisation and no allocation, so it can
+// be captured in a CUDA graph. kernels/NOTES_lut_gemv.md describes the kernels.
 void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
                    cudaStream_t stream);
+
+// One-time set-up for the current device (kernel shared-memory limits, SM count). The first
+// lut_gemm_cuda call does it too; call it up front to keep it out of a graph capture.
+void lut_gemm_cuda_init();
 
 }  // namespace sqz
 #endif

@@ -7,3 +7,16 @@ namespace sqz {
 void swiglu(const float* gate, const float* up, int64_t n, float* out);
 
 }  // namespace sqz
+
+#ifdef SQZ_WITH_CUDA
+#include <cuda_runtime_api.h>
+namespace sqz {
+
+// SwiGLU on the GPU over the fused gate|up projection: gate_up is device fp32
+// [n_tokens, 2 * hidden_dim] (row t = gate[0..hidden) then up[0..hidden)); out is device fp16
+// [n_tokens, hidden_dim] = silu(gate) * up, the input of the down projection.
+void swiglu_cuda(const float* gate_up, int n_tokens, int hidden_dim, uint16_t* out,
+                 cudaStream_t stream);
+
+}  // namespace sqz
+#endif

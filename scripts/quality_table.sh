@@ -21,7 +21,7 @@ row "FP16" "16" "$(ppl "$model")"
 for b in 3 4; do
   f=$out/rtn$b.sqz
   "$sqz" quantize -m "$model" -o "$f" --method rtn --bits $b --group-size 128 >"$out/rtn$b.log" 2>&1
-  row "RTN $b-bit g128" "$(echo "$b + 0.25" | bc)" "$(ppl "$f")"
+  row "RTN $b-bit g128" "$b.25" "$(ppl "$f")"
 done
 for b in 3 4; do
   for g in no yes; do
