@@ -18,7 +18,25 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-// Chunks are claimed under the lock; each is large enough that the lock is not the cost.
+// Claims chunks under the lock and runs them outside it until none is left; the first
+// exception stops the rest. Each chunk is large enough that the lock is not the cost.
+void ThreadPool::run_chunks(std::unique_lock<std::mutex>& lk) {
+  while (next_ < n_) {
+    int64_t b = next_, e = std::min(n_, b + chunk_);
+    next_ = e;
+    lk.unlock();
+    try {
+      (*fn_)(b, e);
+    } catch (...) {
+      lk.lock();
+      if (!error_) error_ = std::current_exception();
+      next_ = n_;
+      continue;
+    }
+    lk.lock();
+  }
+}
+
 void ThreadPool::worker_loop(int) {
   uint64_t seen = 0;
   std::unique_lock<std::mutex> lk(mu_);
@@ -27,20 +45,7 @@ void ThreadPool::worker_loop(int) {
     if (stop_) return;
     seen = generation_;
     active_++;
-    while (next_ < n_) {
-      int64_t b = next_, e = std::min(n_, b + chunk_);
-      next_ = e;
-      lk.unlock();
-      try {
-        (*fn_)(b, e);
-      } catch (...) {
-        lk.lock();
-        if (!error_) error_ = std::current_exception();
-        next_ = n_;
-        continue;
-      }
-      lk.lock();
-    }
+    run_chunks(lk);
     if (--active_ == 0) cv_done_.notify_all();
   }
 }
@@ -62,20 +67,7 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
   active_++;  // the caller
   generation_++;
   cv_work_.notify_all();
-  while (next_ < n_) {
-    int64_t b = next_, e = std::min(n_, b + chunk_);
-    next_ = e;
-    lk.unlock();
-    try {
-      fn(b, e);
-    } catch (...) {
-      lk.lock();
-      if (!error_) error_ = std::current_exception();
-      next_ = n_;
-      continue;
-    }
-    lk.lock();
-  }
+  run_chunks(lk);
   active_--;
   cv_done_.wait(lk, [&] { return active_ == 0; });
   fn_ = nullptr;

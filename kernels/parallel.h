@@ -24,6 +24,7 @@ class ThreadPool {
 
  private:
   void worker_loop(int index);
+  void run_chunks(std::unique_lock<std::mutex>& lk);
   std::vector<std::thread> workers_;
   std::mutex mu_;
   std::condition_variable cv_work_, cv_done_;
