@@ -31,7 +31,7 @@ out=$("$sqz" generate -m "$src/models/stories260K.bin" --tokenizer "$src/models/
       -p "Once upon a time" -n 60 --temp 0 2>/dev/null)
 [[ $out == "Once upon a time, there was a little girl named Lily."* ]] && ok || bad "main job: $out"
 
-for c in generate chat perplexity quantize sweep inspect bench synth; do
+for c in generate chat perplexity quantize sweep inspect bench synth calibrate; do
   "$sqz" $c --help >"$tmp/h" 2>&1 && grep -q "Usage" "$tmp/h" && ok || bad "$c --help"
 done
 "$sqz" >/dev/null 2>&1 && bad "no subcommand should fail" || ok

@@ -1,8 +1,13 @@
 // sqz quantize: checkpoint (+ squared gradients) -> packed .sqz, with the size table and an
 // optional HTML report.
+#include <unistd.h>
+
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 
 #include "model/packed.h"
+#include "quantize/calibrate.h"
 #include "quantize/pipeline.h"
 #include "quantize/report.h"
 #include "tools/common.h"
@@ -59,12 +64,38 @@ QuantizeOptions quant_options(const cxxopts::ParseResult& r) {
     throw usage_error("--outliers and --sensitive are percentages in [0, 100]");
   if (q.base.q.outliers.iqr_range < 0) throw usage_error("--outlier-range must be >= 0");
   if (q.base.q.rtn_group < 1) throw usage_error("--group-size must be >= 1");
-  if (q.base.q.outliers.sensitive_pct > 0 && q.gradients_path.empty())
-    throw usage_error("--sensitive needs --gradients FILE (squared gradients)");
+  if (q.base.q.outliers.sensitive_pct > 0 && q.gradients_path.empty() && !r.count("calibrate"))
+    throw usage_error("--sensitive needs --gradients FILE (squared gradients) or --calibrate TEXT");
   if (method == "rtn" && (q.base.q.outliers.magnitude_pct > 0 || q.base.q.outliers.sensitive_pct > 0))
     throw usage_error("--method rtn takes no outliers");
   return q;
 }
+
+CalibrateResult run_calibration(const CalibrateOptions& o);  // cmd_calibrate.cpp
+
+// The gradients of --calibrate live in a temporary file, removed when quantize ends, also
+// when a signal ends it (F is 4 bytes per weight: 26 GiB for LLaMA-7B). The signal handler
+// can only reach the path through a static buffer.
+char g_temp_gradients[4096];
+extern "C" void remove_temp_gradients(int sig) {
+  if (g_temp_gradients[0]) unlink(g_temp_gradients);
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+}
+struct TempGradients {
+  std::string path;
+  void set(const std::string& p) {
+    path = p;
+    std::snprintf(g_temp_gradients, sizeof g_temp_gradients, "%s", p.c_str());
+    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGPIPE}) std::signal(sig, remove_temp_gradients);
+  }
+  ~TempGradients() {
+    if (path.empty()) return;
+    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGPIPE}) std::signal(sig, SIG_DFL);
+    std::remove(path.c_str());
+    g_temp_gradients[0] = 0;
+  }
+};
 
 int cmd_quantize(int argc, char** argv) {
   cxxopts::Options o("sqz quantize", "Quantize a checkpoint with SqueezeLLM into one packed .sqz file.");
@@ -75,6 +106,13 @@ int cmd_quantize(int argc, char** argv) {
       ("o,output", "output .sqz file", cxxopts::value<std::string>())
       ("t,threads", "threads (0: all cores)", cxxopts::value<int>()->default_value("0"));
   add_quant_options(o);
+  o.add_options("calibration")
+      ("calibrate", "compute the gradients first from this text, as sqz calibrate does "
+       "(instead of --gradients)", cxxopts::value<std::string>())
+      ("calib-samples", "calibration samples", cxxopts::value<int>()->default_value("100"))
+      ("calib-seqlen", "tokens per calibration sample", cxxopts::value<int>()->default_value("512"))
+      ("calib-seed", "seed of the random sample offsets", cxxopts::value<int64_t>()->default_value("0"))
+      ("calib-sampling", "random or sequential", cxxopts::value<std::string>()->default_value("random"));
   o.add_options("report")
       ("report", "write an HTML report with plots", cxxopts::value<std::string>()->default_value(""))
       ("report-module", "module drawn in the report", cxxopts::value<std::string>()->default_value("layers.0.wq"))
@@ -85,6 +123,33 @@ int cmd_quantize(int argc, char** argv) {
   QuantizeOptions q = quant_options(r);
   q.report_module = r["report-module"].as<std::string>();
   q.report_row = r["report-row"].as<int>();
+  TempGradients calib_grads;
+  if (r.count("calibrate")) {
+    if (!q.gradients_path.empty()) throw usage_error("--calibrate and --gradients exclude each other");
+    CalibrateOptions co;
+    co.model_path = q.model_path, co.tokenizer_path = q.tokenizer_path;
+    co.data_path = r["calibrate"].as<std::string>();
+    co.n_samples = r["calib-samples"].as<int>(), co.seqlen = r["calib-seqlen"].as<int>();
+    co.n_threads = q.n_threads;
+    if (q.n_threads < 0) throw usage_error("-t/--threads must be >= 0");
+    if (co.n_samples < 1) throw usage_error("--calib-samples must be >= 1");
+    if (co.seqlen < 2) throw usage_error("--calib-seqlen must be >= 2");
+    if (r["calib-seed"].as<int64_t>() < 0) throw usage_error("--calib-seed must be >= 0");
+    co.seed = uint64_t(r["calib-seed"].as<int64_t>());
+    const std::string sampling = r["calib-sampling"].as<std::string>();
+    if (sampling != "random" && sampling != "sequential")
+      throw usage_error("--calib-sampling must be random or sequential, not '" + sampling + "'");
+    co.sampling = calib_sampling_from_name(sampling);
+    const char* tmp = std::getenv("TMPDIR");
+    std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/sqz-calib-XXXXXX.safetensors";
+    int fd = mkstemps(tmpl.data(), 12);
+    if (fd < 0) throw std::runtime_error(tmpl + ": cannot create a temporary file for the gradients");
+    close(fd);
+    calib_grads.set(tmpl);
+    co.output_path = tmpl;
+    run_calibration(co);
+    q.gradients_path = calib_grads.path;
+  }
   Progress progress("quantize", 100);
   QuantizeResult res = quantize_model(q, [&](int64_t done, int64_t total, const std::string& name) {
     progress.update(done * 100 / std::max<int64_t>(1, total), name);

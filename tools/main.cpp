@@ -20,6 +20,7 @@ const Command kCommands[] = {
     {"chat", sqz::tools::cmd_chat, "interactive chat with streaming output"},
     {"perplexity", sqz::tools::cmd_perplexity, "perplexity of a text file (gptq or llamacpp)"},
     {"quantize", sqz::tools::cmd_quantize, "quantize a checkpoint into a packed .sqz file"},
+    {"calibrate", sqz::tools::cmd_calibrate, "squared gradients of a checkpoint over a text (for quantize)"},
     {"sweep", sqz::tools::cmd_sweep, "quantize at several settings and compare perplexity vs size"},
     {"inspect", sqz::tools::cmd_inspect, "print a model's config, tensors and sizes"},
     {"bench", sqz::tools::cmd_bench, "prompt and decode throughput (llama-bench style)"},
