@@ -10,6 +10,9 @@ add_test(NAME test_cli COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/test_cli.sh $<TA
 if(SQZ_WITH_CUDA)
   sqz_test(test_cuda_kernels test_cuda_kernels.cpp LIBS sqz_engine LABELS gpu)
   sqz_test(test_cuda_backend test_cuda_backend.cpp LIBS sqz_engine LABELS gpu)
+  add_executable(bench_cuda_backend bench_cuda_backend.cpp)  # whole-forward speed
+  target_link_libraries(bench_cuda_backend PRIVATE sqz_engine)
+  target_compile_options(bench_cuda_backend PRIVATE ${SQZ_WARNINGS})
 endif()
 if(SQZ_WITH_CUDA)  # lut_gemm_cuda: test and benchmark (kernels/NOTES_lut_gemv.md)
   sqz_test(test_lut_gemv test_lut_gemv.cpp LIBS sqz_kernels sqz_model LABELS gpu)
@@ -17,3 +20,5 @@ if(SQZ_WITH_CUDA)  # lut_gemm_cuda: test and benchmark (kernels/NOTES_lut_gemv.m
   target_link_libraries(bench_lut_gemv PRIVATE sqz_kernels sqz_model CUDA::cublas)
   target_compile_options(bench_lut_gemv PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:${SQZ_CUDA_FLAGS}>)
 endif()
+sqz_test(test_backward test_backward.cpp LIBS sqz_engine)
+sqz_test(test_calibrate test_calibrate.cpp LIBS sqz_quantize sqz_engine)
