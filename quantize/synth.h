@@ -1,6 +1,7 @@
 // Synthetic models with real LLaMA shapes, for speed measurements without real weights
 // (speed does not depend on the values; quality is always measured on real models).
 #pragma once
+#include <cstdint>
 #include <string>
 
 #include "model/config.h"

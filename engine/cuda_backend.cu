@@ -1,0 +1,714 @@
+// The CUDA backend: the CPU backend's forward pass (engine/cpu_backend.cpp) on one GPU, op for
+// op in the same order, with fp32 residual stream, fp16 inputs to every linear, fp32 linear
+// outputs, and an fp16 KV cache. kernels/NOTES_cuda_backend.md has the kernel list, the
+// launches per decode step, the CUDA-graph scheme and the memory plan.
+// Tests: tests/test_cuda_backend.cpp (whole models vs the CPU backend).
+//
+// One layer, n tokens (shapes per token; M = max_batch sizes every buffer):
+//   x      [n, dim] fp32      residual stream (embedding_cuda)
+//   xn     [n, dim] fp16      rmsnorm_cuda(x (+= proj), attn_norm)
+//   qkv    [n, q_dim + 2 kv_dim] fp32   fused q|k|v linear
+//          rope_cuda: rotates q, k in place; appends k, v (fp16) to the cache at (seq, pos)
+//   att    [n, q_dim] fp16    attention_prefill_cuda / attention_decode_cuda
+//   proj   [n, dim] fp32      o linear (added to x by the next rmsnorm)
+//   xn     [n, dim] fp16      rmsnorm_cuda(x += proj, ffn_norm)
+//   gu     [n, 2 hidden] fp32 fused gate|up linear
+//   hb     [n, hidden] fp16   swiglu_cuda
+//   proj   [n, dim] fp32      down linear
+// then the final norm of the rows that want logits (x + proj, gathered), the classifier into
+// logits [n_out, vocab] fp32 and, for forward_topk, topk_cuda.
+//
+// Linears: dense weights (F32/F16/BF16 on disk) are fp16 on the device and run through
+// cublasGemmEx (fp16 A/B, fp32 compute and output); packed weights run through
+// lut_gemm_cuda (kernels/lut_gemv.cu). q/k/v and gate/up are fused into one matrix each at
+// upload when their parts are of one kind (packed: equal bits); otherwise each part writes
+// its rows of the fused output.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/engine.h"
+#include "kernels/attention.h"
+#include "kernels/cuda_common.h"
+#include "kernels/embedding.h"
+#include "kernels/lut_gemv.h"
+#include "kernels/parallel.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/swiglu.h"
+#include "kernels/topk.h"
+#include "model/dtype.h"
+#include "model/errors.h"
+
+#define CUBLAS_CHECK(stmt)                                                                \
+  do {                                                                                    \
+    cublasStatus_t st_ = (stmt);                                                          \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                     \
+      throw sqz::cuda_error(std::string("cuBLAS error: ") + cublasGetStatusString(st_) + \
+                            " in " #stmt " (" + __func__ + " at " + __FILE__ + ":" +      \
+                            std::to_string(__LINE__) + ")");                              \
+  } while (0)
+
+namespace sqz {
+
+bool cuda_available() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the error so later calls start clean
+    return false;
+  }
+  return n >= 1;
+}
+
+namespace {
+
+constexpr int kMaxGraphBatch = 16;                // decode steps up to this size are graphed
+constexpr size_t kCublasWorkspaceBytes = 32u << 20;  // cuBLAS' recommendation for Hopper
+constexpr size_t kAlign = 256;
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+static_assert(sizeof(AttentionTile) == 4 * sizeof(int), "tiles travel in the int input buffer");
+
+// Hands out aligned pieces of one device pool. With base == nullptr it only measures: the
+// pointers it returns are offsets and are never dereferenced.
+class Arena {
+ public:
+  explicit Arena(char* base = nullptr, size_t capacity = SIZE_MAX) : base_(base), cap_(capacity) {}
+  template <typename T>
+  T* take(size_t n_elems) {
+    const size_t off = (used_ + kAlign - 1) / kAlign * kAlign;
+    used_ = off + n_elems * sizeof(T);
+    if (base_ && used_ > cap_) throw std::logic_error("cuda backend: memory plan exceeded");
+    return reinterpret_cast<T*>(reinterpret_cast<uintptr_t>(base_) + off);
+  }
+  size_t used() const { return (used_ + kAlign - 1) / kAlign * kAlign; }
+
+ private:
+  char* base_;
+  size_t cap_;
+  size_t used_ = 0;
+};
+
+// Rows [row0, row0 + rows) of a linear's output, computed by one matrix on the device: one
+// or several of the model's linears fused (their rows concatenated).
+struct DevicePart {
+  int row0 = 0, rows = 0;
+  bool packed = false;
+  bool borrowed = false;  // dense weights owned elsewhere (classifier shared with embedding)
+  uint16_t* w = nullptr;  // DENSE: fp16 [rows, cols]
+  PackedMatrix pm;        // PACKED: device pointers
+  std::vector<const LinearWeight*> src;
+};
+
+struct DeviceLinear {
+  int rows = 0, cols = 0;
+  std::vector<DevicePart> parts;
+  bool fused() const { return parts.size() == 1; }
+};
+
+struct DeviceLayer {
+  float* attn_norm = nullptr;  // [dim] fp32
+  float* ffn_norm = nullptr;   // [dim] fp32
+  DeviceLinear qkv;            // [q_dim + 2 kv_dim, dim]
+  DeviceLinear wo;             // [dim, q_dim]
+  DeviceLinear gate_up;        // [2 hidden_dim, dim]
+  DeviceLinear down;           // [dim, hidden_dim]
+};
+
+// One forward call's shape: everything the enqueued work depends on besides device data.
+struct StepShape {
+  int n = 0;         // tokens
+  int n_out = 0;     // rows that want logits
+  int n_tiles = 0;   // attention tiles (prefill path)
+  bool decode = false;
+  int k = 0;         // top-k (0: logits)
+};
+
+// Owns every CUDA resource; its destructor runs also when the backend's constructor throws
+// half way (it is a fully constructed member by then).
+struct CudaResources {
+  cudaStream_t stream = nullptr;
+  cublasHandle_t cublas = nullptr;
+  char* pool = nullptr;
+  int* host_in = nullptr;       // pinned
+  char* host_out = nullptr;     // pinned
+  std::map<std::pair<int, int>, cudaGraphExec_t> graphs;  // (n, k) -> decode step
+  ~CudaResources() {
+    if (stream) cudaStreamSynchronize(stream);
+    for (auto& g : graphs)
+      if (g.second) cudaGraphExecDestroy(g.second);
+    if (cublas) cublasDestroy(cublas);
+    if (stream) cudaStreamDestroy(stream);
+    if (pool) cudaFree(pool);
+    if (host_in) cudaFreeHost(host_in);
+    if (host_out) cudaFreeHost(host_out);
+  }
+};
+
+MatType mat_type(DType t, const std::string& what) {
+  switch (t) {
+    case DType::F32: return MatType::F32;
+    case DType::F16: return MatType::F16;
+    case DType::BF16: return MatType::BF16;
+    default: throw format_error(what + " must be F32, F16 or BF16, not " + dtype_name(t));
+  }
+}
+
+// n elements of an F32/F16/BF16 array (possibly unaligned, as in a mapped file) to fp16.
+void to_f16(DType t, const void* src, uint16_t* dst, size_t n, ThreadPool& pool) {
+  const uint8_t* s = static_cast<const uint8_t*>(src);
+  if (t == DType::F16) {
+    std::memcpy(dst, s, n * 2);
+    return;
+  }
+  pool.parallel_for(int64_t(n), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) {
+      if (t == DType::F32) {
+        float f;
+        std::memcpy(&f, s + 4 * i, 4);
+        dst[i] = f32_to_f16(f);
+      } else {
+        uint16_t h;
+        std::memcpy(&h, s + 2 * i, 2);
+        dst[i] = f32_to_f16(bf16_to_f32(h));
+      }
+    }
+  }, 1 << 16);
+}
+
+// Groups the given linears (same cols, outputs concatenated in this order) into parts:
+// consecutive dense linears fuse (all become fp16), consecutive packed ones fuse when their
+// bits and row_bytes agree.
+DeviceLinear plan_linear(const std::vector<const LinearWeight*>& srcs) {
+  DeviceLinear L;
+  L.cols = srcs[0]->cols;
+  for (const LinearWeight* w : srcs) {
+    if (w->cols != L.cols)
+      throw format_error(w->name + ": " + std::to_string(w->cols) + " input features, expected " +
+                         std::to_string(L.cols) + " like " + srcs[0]->name);
+    const bool packed = w->kind == WeightKind::PACKED;
+    DevicePart* last = L.parts.empty() ? nullptr : &L.parts.back();
+    bool merge = last && last->packed == packed;
+    if (merge && packed) {
+      const LinearWeight* f = last->src[0];
+      merge = f->bits == w->bits && f->row_bytes == w->row_bytes &&
+              last->pm.nnz + w->nnz <= INT32_MAX;
+    }
+    if (!merge) {
+      DevicePart p;
+      p.row0 = L.rows, p.packed = packed;
+      if (packed) p.pm.bits = w->bits, p.pm.cols = w->cols, p.pm.row_bytes = w->row_bytes;
+      L.parts.push_back(p);
+      last = &L.parts.back();
+    }
+    last->rows += w->rows;
+    last->src.push_back(w);
+    if (packed) last->pm.rows = last->rows, last->pm.nnz += w->nnz;
+    L.rows += w->rows;
+  }
+  return L;
+}
+
+class CudaBackend : public Backend {
+ public:
+  CudaBackend(const Model& m, const BackendOptions& o)
+      : m_(m), c_(m.config), ctx_(o.ctx_size), n_seqs_(o.n_seqs), max_batch_(o.max_batch) {
+    if (ctx_ <= 0 || n_seqs_ <= 0 || max_batch_ <= 0)
+      throw std::invalid_argument("cuda backend: ctx_size, n_seqs and max_batch must be > 0");
+    if (max_batch_ > 65535)
+      throw std::invalid_argument("cuda backend: max_batch must be <= 65535");
+    check_config();
+    const char* no_graphs = std::getenv("SQZ_NO_CUDA_GRAPHS");
+    graphs_enabled_ = !(no_graphs && *no_graphs && std::string(no_graphs) != "0");
+
+    int device = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&n_sms_, cudaDevAttrMultiProcessorCount, device));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&r_.stream, cudaStreamNonBlocking));
+    CUBLAS_CHECK(cublasCreate(&r_.cublas));
+    CUBLAS_CHECK(cublasSetStream(r_.cublas, r_.stream));
+
+    plan_weights();
+    // Measure, check against free memory, then allocate the one pool and carve it.
+    Arena aw, akv, as;
+    layout_weights(aw);
+    layout_kv(akv);
+    layout_scratch(as);
+    const size_t need = aw.used() + akv.used() + as.used();
+    size_t free_b = 0, total_b = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    auto oom = [&](size_t free_now) {
+      char msg[512];
+      std::snprintf(msg, sizeof msg,
+                    "model needs %.2f GiB of GPU memory (weights %.2f GiB, KV cache %.2f GiB "
+                    "for ctx %d x %d seqs, scratch %.2f GiB) but only %.2f GiB is free; try a "
+                    "smaller -c/--ctx-size",
+                    need / kGiB, aw.used() / kGiB, akv.used() / kGiB, ctx_, n_seqs_,
+                    as.used() / kGiB, free_now / kGiB);
+      return std::runtime_error(msg);
+    };
+    if (need > free_b) throw oom(free_b);
+    cudaError_t err = cudaMalloc(reinterpret_cast<void**>(&r_.pool), need);
+    if (err == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();
+      r_.pool = nullptr;
+      CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+      throw oom(free_b);
+    }
+    CUDA_CHECK(err);
+    pool_bytes_ = need;
+    Arena a(r_.pool, need);
+    layout_weights(a);
+    layout_kv(a);
+    layout_scratch(a);
+
+    // Pinned host buffers: the packed inputs of one call and the small results.
+    CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&r_.host_in), in_ints() * sizeof(int)));
+    host_out_bytes_ = std::max(size_t(max_batch_) * kTopKMax * 8,
+                               size_t(kMaxGraphBatch) * c_.vocab_size * sizeof(float));
+    CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&r_.host_out), host_out_bytes_));
+
+    CUBLAS_CHECK(cublasSetWorkspace(r_.cublas, cublas_ws_, kCublasWorkspaceBytes));
+    if (has_packed_) lut_gemm_cuda_init();  // its one-time set-up, outside any graph capture
+    ThreadPool pool(o.n_threads);
+    upload_weights(pool);
+    CUDA_CHECK(cudaMemsetAsync(k_cache_, 0, kv_cache_elems() * 2, r_.stream));
+    CUDA_CHECK(cudaMemsetAsync(v_cache_, 0, kv_cache_elems() * 2, r_.stream));
+    CUDA_CHECK(cudaStreamSynchronize(r_.stream));
+  }
+
+  std::string name() const override { return "cuda"; }
+  int ctx_size() const override { return ctx_; }
+  int n_seqs() const override { return n_seqs_; }
+  int max_batch() const override { return max_batch_; }
+  int64_t memory_bytes() const override { return int64_t(pool_bytes_); }
+
+  void forward(const Batch& b, float* logits) override { run(b, 0, logits, nullptr, nullptr); }
+
+  bool forward_topk(const Batch& b, int k, int* ids, float* logits) override {
+    if (k < 1) throw std::invalid_argument("forward_topk: k must be >= 1");
+    if (k > kTopKMax || k > c_.vocab_size) return false;  // the caller sorts full logits
+    run(b, k, nullptr, ids, logits);
+    return true;
+  }
+
+ private:
+  // ---- configuration ------------------------------------------------------------------
+  void check_config() const {
+    const int hd = c_.head_dim;
+    if (hd <= 0 || hd % 2 != 0 || hd > 256)
+      throw std::runtime_error("cuda backend: head_dim " + std::to_string(hd) +
+                               " unsupported (even, at most 256)");
+    if (c_.n_kv_heads <= 0 || c_.n_heads % c_.n_kv_heads != 0 ||
+        (c_.n_heads / c_.n_kv_heads) * hd > 2048)
+      throw std::runtime_error("cuda backend: n_heads / n_kv_heads * head_dim must be <= 2048");
+  }
+  int qkv_rows() const { return c_.q_dim() + 2 * c_.kv_dim(); }
+  size_t kv_cache_elems() const {
+    return size_t(c_.n_layers) * n_seqs_ * size_t(ctx_) * c_.kv_dim();
+  }
+  int64_t seq_stride() const { return int64_t(ctx_) * c_.kv_dim(); }
+  size_t in_ints() const { return size_t(max_batch_) * 8; }  // tokens pos seq rows | tiles
+  int decode_splits(int n) const {
+    return attention_decode_splits(n, c_.n_kv_heads, ctx_, n_sms_);
+  }
+
+  // ---- weights: plan, layout, upload ----------------------------------------------------
+  void plan_weights() {
+    emb_type_ = mat_type(m_.tok_embeddings.dtype, "tok_embeddings");
+    for (const LayerWeights& w : m_.layers) {
+      DeviceLayer d;
+      d.qkv = plan_linear({&w.wq, &w.wk, &w.wv});
+      d.wo = plan_linear({&w.wo});
+      d.gate_up = plan_linear({&w.w_gate, &w.w_up});
+      d.down = plan_linear({&w.w_down});
+      if (d.qkv.rows != qkv_rows() || d.gate_up.rows != 2 * c_.hidden_dim)
+        throw format_error(m_.path + ": q/k/v or gate/up shapes disagree with the config");
+      layers_.push_back(std::move(d));
+    }
+    classifier_ = plan_linear({&m_.classifier});
+    // The classifier reuses the embedding table when they are the same fp16 matrix.
+    const LinearWeight& cl = m_.classifier;
+    if (cl.kind == WeightKind::DENSE && cl.dtype == DType::F16 &&
+        m_.tok_embeddings.dtype == DType::F16 &&
+        static_cast<const void*>(m_.tok_embeddings.data) == cl.data)
+      classifier_.parts[0].borrowed = true;
+    for (const DeviceLinear* L : all_linears())
+      for (const DevicePart& p : L->parts) {
+        has_packed_ = has_packed_ || p.packed;
+        if (p.packed && !L->fused()) max_unfused_rows_ = std::max(max_unfused_rows_, p.rows);
+      }
+  }
+
+  std::vector<DeviceLinear*> all_linears() {
+    std::vector<DeviceLinear*> v;
+    for (DeviceLayer& d : layers_) v.insert(v.end(), {&d.qkv, &d.wo, &d.gate_up, &d.down});
+    v.push_back(&classifier_);
+    return v;
+  }
+
+  static void layout_linear(DeviceLinear& L, Arena& a) {
+    for (DevicePart& p : L.parts) {
+      if (!p.packed) {
+        if (!p.borrowed) p.w = a.take<uint16_t>(size_t(p.rows) * L.cols);
+        continue;
+      }
+      p.pm.indices = a.take<uint8_t>(size_t(p.rows) * p.pm.row_bytes);
+      p.pm.lut = a.take<uint16_t>(size_t(p.rows) << p.pm.bits);
+      p.pm.row_ptr = a.take<int32_t>(size_t(p.rows) + 1);
+      p.pm.col_idx = a.take<int32_t>(size_t(p.pm.nnz));
+      p.pm.values = a.take<uint16_t>(size_t(p.pm.nnz));
+    }
+  }
+
+  void layout_weights(Arena& a) {
+    emb_ = a.take<uint8_t>(m_.tok_embeddings.n_bytes);
+    final_norm_ = a.take<float>(c_.dim);
+    for (DeviceLayer& d : layers_) {
+      d.attn_norm = a.take<float>(c_.dim);
+      d.ffn_norm = a.take<float>(c_.dim);
+      layout_linear(d.qkv, a);
+      layout_linear(d.wo, a);
+      layout_linear(d.gate_up, a);
+      layout_linear(d.down, a);
+    }
+    layout_linear(classifier_, a);
+    if (classifier_.parts[0].borrowed) classifier_.parts[0].w = reinterpret_cast<uint16_t*>(emb_);
+  }
+
+  void layout_kv(Arena& a) {
+    k_cache_ = a.take<uint16_t>(kv_cache_elems());
+    v_cache_ = a.take<uint16_t>(kv_cache_elems());
+  }
+
+  void layout_scratch(Arena& a) {
+    const size_t M = size_t(max_batch_);
+    in_dev_ = a.take<int>(in_ints());
+    x_ = a.take<float>(M * c_.dim);
+    xn_ = a.take<uint16_t>(M * c_.dim);
+    qkv_ = a.take<float>(M * qkv_rows());
+    att_ = a.take<uint16_t>(M * c_.q_dim());
+    proj_ = a.take<float>(M * c_.dim);
+    gu_ = a.take<float>(M * 2 * c_.hidden_dim);
+    hb_ = a.take<uint16_t>(M * c_.hidden_dim);
+    logits_ = a.take<float>(M * c_.vocab_size);
+    topk_ = a.take<int>(M * kTopKMax * 2);
+    size_t attn_floats = 0;
+    for (int n = 1; n <= max_batch_; n++)
+      attn_floats = std::max(attn_floats, attention_decode_scratch_floats(
+                                              n, c_.n_heads, c_.head_dim, decode_splits(n)));
+    attn_scratch_ = a.take<float>(attn_floats);
+    part_tmp_ = a.take<float>(M * size_t(max_unfused_rows_));
+    cublas_ws_ = a.take<char>(kCublasWorkspaceBytes);
+  }
+
+  void upload_norm(float* dst, const TensorView& t) {
+    std::vector<float> v(size_t(t.n_elems()));
+    convert_to_f32(t.dtype, t.data, v.data(), v.size());
+    CUDA_CHECK(cudaMemcpy(dst, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice));
+  }
+
+  void upload_linear(const DeviceLinear& L, ThreadPool& pool) {
+    for (const DevicePart& p : L.parts) {
+      if (p.borrowed) continue;
+      if (!p.packed) {
+        // Converted to fp16 in chunks of rows through a host staging buffer.
+        const size_t chunk_elems = size_t(1) << 24;
+        std::vector<uint16_t> buf;
+        uint16_t* dst = p.w;
+        for (const LinearWeight* w : p.src) {
+          const DType t = w->dtype;
+          mat_type(t, w->name);
+          const size_t esz = dtype_size(t), n = size_t(w->rows) * w->cols;
+          const uint8_t* src = static_cast<const uint8_t*>(w->data);
+          for (size_t off = 0; off < n; off += chunk_elems) {
+            const size_t m = std::min(chunk_elems, n - off);
+            buf.resize(m);
+            to_f16(t, src + off * esz, buf.data(), m, pool);
+            CUDA_CHECK(cudaMemcpy(dst + off, buf.data(), m * 2, cudaMemcpyHostToDevice));
+          }
+          dst += n;
+        }
+        continue;
+      }
+      // Packed: index rows, LUT rows, outliers concatenated; row pointers shifted.
+      const int64_t rb = p.pm.row_bytes;
+      const int n_lut = 1 << p.pm.bits;
+      uint8_t* idx = const_cast<uint8_t*>(p.pm.indices);
+      uint16_t* lut = const_cast<uint16_t*>(p.pm.lut);
+      int32_t* col = const_cast<int32_t*>(p.pm.col_idx);
+      uint16_t* val = const_cast<uint16_t*>(p.pm.values);
+      std::vector<int32_t> row_ptr(size_t(p.rows) + 1);
+      size_t r0 = 0;
+      int64_t nnz0 = 0;
+      for (const LinearWeight* w : p.src) {
+        CUDA_CHECK(cudaMemcpy(idx + r0 * rb, w->indices, size_t(w->rows) * rb,
+                              cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpy(lut + r0 * n_lut, w->lut, size_t(w->rows) * n_lut * 2,
+                              cudaMemcpyHostToDevice));
+        for (int r = 0; r < w->rows; r++) {
+          int32_t v;
+          std::memcpy(&v, w->row_ptr + r, 4);
+          row_ptr[r0 + r] = int32_t(v + nnz0);
+        }
+        if (w->nnz > 0) {
+          CUDA_CHECK(cudaMemcpy(col + nnz0, w->col_idx, size_t(w->nnz) * 4,
+                                cudaMemcpyHostToDevice));
+          CUDA_CHECK(cudaMemcpy(val + nnz0, w->values, size_t(w->nnz) * 2,
+                                cudaMemcpyHostToDevice));
+        }
+        r0 += w->rows;
+        nnz0 += w->nnz;
+      }
+      row_ptr[p.rows] = int32_t(nnz0);
+      CUDA_CHECK(cudaMemcpy(const_cast<int32_t*>(p.pm.row_ptr), row_ptr.data(),
+                            row_ptr.size() * 4, cudaMemcpyHostToDevice));
+    }
+  }
+
+  void upload_weights(ThreadPool& pool) {
+    CUDA_CHECK(cudaMemcpy(emb_, m_.tok_embeddings.data, m_.tok_embeddings.n_bytes,
+                          cudaMemcpyHostToDevice));
+    upload_norm(final_norm_, m_.final_norm);
+    for (size_t l = 0; l < layers_.size(); l++) {
+      upload_norm(layers_[l].attn_norm, m_.layers[l].attn_norm);
+      upload_norm(layers_[l].ffn_norm, m_.layers[l].ffn_norm);
+    }
+    for (DeviceLinear* L : all_linears()) upload_linear(*L, pool);
+  }
+
+  // ---- forward ------------------------------------------------------------------------
+  void validate(const Batch& b) const {
+    const int n = b.size();
+    if (b.pos.size() != size_t(n) || b.seq.size() != size_t(n) ||
+        b.want_logits.size() != size_t(n))
+      throw std::invalid_argument("batch: tokens, pos, seq and want_logits differ in length");
+    if (n > max_batch_)
+      throw std::invalid_argument("batch of " + std::to_string(n) +
+                                  " tokens exceeds max_batch " + std::to_string(max_batch_));
+    for (int t = 0; t < n; t++) {
+      if (b.seq[t] < 0 || b.seq[t] >= n_seqs_ || b.pos[t] < 0 || b.pos[t] >= ctx_)
+        throw std::out_of_range("token " + std::to_string(t) + " at seq " +
+                                std::to_string(b.seq[t]) + " pos " + std::to_string(b.pos[t]) +
+                                " is outside the KV cache (" + std::to_string(n_seqs_) +
+                                " sequences x " + std::to_string(ctx_) + " positions)");
+      if (b.tokens[t] < 0 || b.tokens[t] >= c_.vocab_size)
+        throw std::out_of_range("token id " + std::to_string(b.tokens[t]) +
+                                " outside the vocabulary of " + std::to_string(c_.vocab_size));
+    }
+  }
+
+  // Runs the batch; writes logits (k == 0) or the top k of each row (ids, vals).
+  void run(const Batch& b, int k, float* logits, int* ids, float* vals) {
+    const int n = b.size();
+    if (n == 0) return;
+    validate(b);
+    // Inputs, one copy: tokens [n] | pos [n] | seq [n] | rows wanting logits [n] | tiles.
+    int* h = r_.host_in;
+    StepShape s;
+    s.n = n, s.k = k;
+    for (int t = 0; t < n; t++) {
+      h[t] = b.tokens[t], h[n + t] = b.pos[t], h[2 * n + t] = b.seq[t];
+      if (b.want_logits[t]) h[3 * n + s.n_out++] = t;
+    }
+    s.n_tiles = attention_make_tiles(h + 2 * n, h + n, n,
+                                     reinterpret_cast<AttentionTile*>(h + 4 * n));
+    s.decode = s.n_tiles == n;  // every token alone in its tile: one query per sequence
+    const size_t in_bytes = size_t(4 * n + 4 * s.n_tiles) * sizeof(int);
+    CUDA_CHECK(cudaMemcpyAsync(in_dev_, h, in_bytes, cudaMemcpyHostToDevice, r_.stream));
+
+    if (graphs_enabled_ && s.decode && n <= kMaxGraphBatch && s.n_out == n)
+      launch_graph(s);
+    else
+      enqueue_forward(s);
+
+    if (s.n_out == 0) {
+      CUDA_CHECK(cudaStreamSynchronize(r_.stream));
+      return;
+    }
+    if (k == 0) {
+      const size_t bytes = size_t(s.n_out) * c_.vocab_size * sizeof(float);
+      if (bytes <= host_out_bytes_) {
+        CUDA_CHECK(cudaMemcpyAsync(r_.host_out, logits_, bytes, cudaMemcpyDeviceToHost,
+                                   r_.stream));
+        CUDA_CHECK(cudaStreamSynchronize(r_.stream));
+        std::memcpy(logits, r_.host_out, bytes);
+      } else {  // large (prefill / perplexity) results go straight to the caller's memory
+        CUDA_CHECK(cudaMemcpyAsync(logits, logits_, bytes, cudaMemcpyDeviceToHost, r_.stream));
+        CUDA_CHECK(cudaStreamSynchronize(r_.stream));
+      }
+    } else {
+      const size_t n_res = size_t(s.n_out) * k;
+      CUDA_CHECK(cudaMemcpyAsync(r_.host_out, topk_, n_res * 8, cudaMemcpyDeviceToHost,
+                                 r_.stream));
+      CUDA_CHECK(cudaStreamSynchronize(r_.stream));
+      std::memcpy(ids, r_.host_out, n_res * sizeof(int));
+      std::memcpy(vals, r_.host_out + n_res * sizeof(int), n_res * sizeof(float));
+    }
+  }
+
+  // Decode steps replay one CUDA graph per (n, k), captured the first time that shape is
+  // seen. Kernels read tokens/pos/seq from in_dev_ (just refreshed by the input copy) and the
+  // decode attention cuts the cache at run time, so the same graph serves every step.
+  void launch_graph(const StepShape& s) {
+    const auto key = std::make_pair(s.n, s.k);
+    auto it = r_.graphs.find(key);
+    if (it == r_.graphs.end()) {
+      cudaGraph_t graph = nullptr;
+      CUDA_CHECK(cudaStreamBeginCapture(r_.stream, cudaStreamCaptureModeThreadLocal));
+      try {
+        enqueue_forward(s);
+      } catch (...) {
+        cudaStreamEndCapture(r_.stream, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        (void)cudaGetLastError();
+        throw;
+      }
+      CUDA_CHECK(cudaStreamEndCapture(r_.stream, &graph));
+      cudaGraphExec_t exec = nullptr;
+      cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      CUDA_CHECK(err);
+      it = r_.graphs.emplace(key, exec).first;
+    }
+    CUDA_CHECK(cudaGraphLaunch(it->second, r_.stream));
+  }
+
+  // y [n, L.rows] fp32 = x [n, L.cols] fp16 . W^T, part by part.
+  void linear(const DeviceLinear& L, const uint16_t* x, int n, float* y) {
+    for (const DevicePart& p : L.parts) {
+      if (!p.packed) {
+        // Row-major W [rows, cols] is column-major W^T with ld = cols; y^T = W x^T is the
+        // column-major [rows, n] matrix with ld = L.rows (the fused row width).
+        const float one = 1.0f, zero = 0.0f;
+        CUBLAS_CHECK(cublasGemmEx(r_.cublas, CUBLAS_OP_T, CUBLAS_OP_N, p.rows, n, L.cols, &one,
+                                  p.w, CUDA_R_16F, L.cols, x, CUDA_R_16F, L.cols, &zero,
+                                  y + p.row0, CUDA_R_32F, L.rows, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
+      } else if (p.rows == L.rows) {
+        lut_gemm_cuda(p.pm, x, n, y, r_.stream);
+      } else {
+        lut_gemm_cuda(p.pm, x, n, part_tmp_, r_.stream);
+        CUDA_CHECK(cudaMemcpy2DAsync(y + p.row0, size_t(L.rows) * 4, part_tmp_,
+                                     size_t(p.rows) * 4, size_t(p.rows) * 4, n,
+                                     cudaMemcpyDeviceToDevice, r_.stream));
+      }
+    }
+  }
+
+  void enqueue_forward(const StepShape& s) {
+    const int n = s.n, dim = c_.dim, hd = c_.head_dim;
+    cudaStream_t st = r_.stream;
+    const int* tokens = in_dev_;
+    const int* pos = in_dev_ + n;
+    const int* seq = in_dev_ + 2 * n;
+    const int* out_rows = in_dev_ + 3 * n;
+    const AttentionTile* tiles = reinterpret_cast<const AttentionTile*>(in_dev_ + 4 * n);
+    const size_t layer_elems = size_t(n_seqs_) * ctx_ * c_.kv_dim();
+
+    embedding_cuda(emb_, emb_type_, dim, tokens, n, x_, st);
+    RmsNormCudaParams rn;
+    rn.x = x_, rn.out = xn_, rn.n_rows = n, rn.dim = dim, rn.eps = c_.norm_eps;
+    for (int l = 0; l < c_.n_layers; l++) {
+      const DeviceLayer& L = layers_[l];
+      rn.residual = l ? proj_ : nullptr;  // the previous layer's down projection
+      rn.weight = L.attn_norm;
+      rmsnorm_cuda(rn, st);
+      linear(L.qkv, xn_, n, qkv_);
+
+      RopeCudaParams rp;
+      rp.qkv = qkv_, rp.n_tokens = n, rp.stride = qkv_rows();
+      rp.n_heads = c_.n_heads, rp.n_kv_heads = c_.n_kv_heads, rp.head_dim = hd;
+      rp.theta = c_.rope_theta, rp.pos = pos, rp.seq = seq;
+      rp.k_cache = k_cache_ + l * layer_elems, rp.v_cache = v_cache_ + l * layer_elems;
+      rp.seq_stride = seq_stride();
+      rope_cuda(rp, st);
+
+      AttentionCudaParams ap;
+      ap.n_tokens = n, ap.n_heads = c_.n_heads, ap.n_kv_heads = c_.n_kv_heads, ap.head_dim = hd;
+      ap.q = qkv_, ap.q_stride = qkv_rows();
+      ap.k_cache = rp.k_cache, ap.v_cache = rp.v_cache, ap.seq_stride = seq_stride();
+      ap.pos = pos, ap.seq = seq, ap.out = att_;
+      if (s.decode)
+        attention_decode_cuda(ap, decode_splits(n), attn_scratch_, st);
+      else
+        attention_prefill_cuda(ap, tiles, s.n_tiles, st);
+      linear(L.wo, att_, n, proj_);
+
+      rn.residual = proj_;  // x += o projection
+      rn.weight = L.ffn_norm;
+      rmsnorm_cuda(rn, st);
+      linear(L.gate_up, xn_, n, gu_);
+      swiglu_cuda(gu_, n, c_.hidden_dim, hb_, st);
+      linear(L.down, hb_, n, proj_);
+    }
+    if (s.n_out == 0) return;
+    // Final norm of the rows that want logits (x + the last down projection, gathered).
+    RmsNormCudaParams fn;
+    fn.x = x_, fn.residual = c_.n_layers ? proj_ : nullptr, fn.weight = final_norm_;
+    fn.out = xn_, fn.row_index = out_rows, fn.n_rows = s.n_out, fn.dim = dim;
+    fn.eps = c_.norm_eps;
+    rmsnorm_cuda(fn, st);
+    linear(classifier_, xn_, s.n_out, logits_);
+    if (s.k > 0) {
+      int* ids = topk_;
+      float* vals = reinterpret_cast<float*>(topk_ + size_t(s.n_out) * s.k);
+      topk_cuda(logits_, s.n_out, c_.vocab_size, s.k, ids, vals, st);
+    }
+  }
+
+  const Model& m_;
+  const Config& c_;
+  int ctx_, n_seqs_, max_batch_;
+  int n_sms_ = 0;
+  bool graphs_enabled_ = true;
+  CudaResources r_;
+  size_t pool_bytes_ = 0, host_out_bytes_ = 0;
+
+  // Weights (device).
+  uint8_t* emb_ = nullptr;  // [vocab, dim] as stored (F32/F16/BF16)
+  MatType emb_type_ = MatType::F32;
+  float* final_norm_ = nullptr;
+  std::vector<DeviceLayer> layers_;
+  DeviceLinear classifier_;
+  int max_unfused_rows_ = 0;  // widest packed part of a linear that could not be fused
+  bool has_packed_ = false;
+
+  // KV cache (device): fp16 [n_layers][n_seqs][ctx][kv_dim], K and V.
+  uint16_t* k_cache_ = nullptr;
+  uint16_t* v_cache_ = nullptr;
+
+  // Scratch (device), sized for max_batch tokens M.
+  int* in_dev_ = nullptr;        // [8 M] the packed inputs (see run)
+  float* x_ = nullptr;           // [M, dim]
+  uint16_t* xn_ = nullptr;       // [M, dim] fp16
+  float* qkv_ = nullptr;         // [M, q_dim + 2 kv_dim]
+  uint16_t* att_ = nullptr;      // [M, q_dim] fp16
+  float* proj_ = nullptr;        // [M, dim]
+  float* gu_ = nullptr;          // [M, 2 hidden_dim]
+  uint16_t* hb_ = nullptr;       // [M, hidden_dim] fp16
+  float* logits_ = nullptr;      // [M, vocab]
+  int* topk_ = nullptr;          // [M * kTopKMax] ids then [M * kTopKMax] values
+  float* attn_scratch_ = nullptr;  // decode split partials
+  float* part_tmp_ = nullptr;    // [M, max_unfused_rows] output of an unfused packed part
+  char* cublas_ws_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(const Model& model, const BackendOptions& options) {
+  return std::make_unique<CudaBackend>(model, options);
+}
+
+}  // namespace sqz

@@ -1,0 +1,677 @@
+// Causal GQA attention on the GPU over the fp16 KV cache: a tiled prefill kernel (flash-
+// attention style, online softmax) and a split-K decode kernel (flash-decoding) with its
+// combine kernel. Same math as attention() in kernels/attention.cpp: scores q.k * 1/sqrt(hd)
+// in fp32, softmax in fp32, fp32 accumulation of p.v; output fp16. See kernels/attention.h
+// for the parameters. Test: tests/test_cuda_kernels.cpp (AttentionCuda.*).
+//
+// K/V tiles are converted fp16 -> fp32 into shared memory; a row pitch of head_dim + 1
+// floats keeps the column-wise reads of the score loops free of bank conflicts. Keys past
+// the end of a tile's range are zero-filled (the cache beyond a sequence's length is never
+// read), so p = 0 never multiplies garbage.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/attention.h"
+#include "kernels/cuda_common.h"
+#include "kernels/cuda_util.cuh"
+
+namespace sqz {
+
+namespace {
+
+constexpr int kKeyTile = 32;  // keys per shared-memory tile (= warp size: one key per lane)
+constexpr int kThreads = 128;
+constexpr int kMaxHeadDim = 256;
+constexpr int kMaxDecodeSplits = 64;
+constexpr int kDecodeMaxAcc = 16;  // (n_heads / n_kv_heads) * head_dim <= 128 * 16
+static_assert(kThreads >= kMaxDecodeSplits, "the combine kernel has a thread per split");
+
+// dst[i][d] = float(src[(key0 + i) * row_stride + d]) for i < kKeyTile, d < hd, where
+// key0 + i < key_end; zero for the keys past key_end. src points at the sequence's first
+// key of this kv head. 16-byte loads when rows allow (hd % 8 == 0 and aligned).
+__device__ __forceinline__ void load_kv_tile(float* dst, int pitch, const uint16_t* src,
+                                             int row_stride, int key0, int key_end, int hd) {
+  const bool vec = (hd % 8) == 0 && (row_stride % 8) == 0 &&
+                   (reinterpret_cast<uintptr_t>(src) % 16) == 0;
+  if (vec) {
+    const int per_row = hd / 8;
+    for (int e = threadIdx.x; e < kKeyTile * per_row; e += blockDim.x) {
+      const int i = e / per_row, c = (e - i * per_row) * 8;
+      float* d = dst + i * pitch + c;
+      if (key0 + i < key_end) {
+        const uint4 u =
+            *reinterpret_cast<const uint4*>(src + int64_t(key0 + i) * row_stride + c);
+        const __half2* h = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+          const float2 f = __half22float2(h[k]);
+          d[2 * k] = f.x;
+          d[2 * k + 1] = f.y;
+        }
+      } else {
+#pragma unroll
+        for (int k = 0; k < 8; k++) d[k] = 0.0f;
+      }
+    }
+  } else {
+    for (int e = threadIdx.x; e < kKeyTile * hd; e += blockDim.x) {
+      const int i = e / hd, c = e - i * hd;
+      dst[i * pitch + c] =
+          key0 + i < key_end ? h2f(src[int64_t(key0 + i) * row_stride + c]) : 0.0f;
+    }
+  }
+}
+
+// Register double-buffering of K/V tiles for the decode kernel (16-byte path only): the next
+// tile's loads are issued before the current tile is computed, so their latency overlaps the
+// math. Thread holds vectors e = tid + 128 q of the tile (8 halves each), zero past key_end.
+// N vectors per thread cover head_dim <= 32 N (N = 8: any head_dim).
+constexpr int kMaxVecPerThread = kKeyTile * kMaxHeadDim / 8 / kThreads;  // 8
+template <int N = kMaxVecPerThread>
+struct KvRegs {
+  uint4 k[N], v[N];
+};
+
+__device__ __forceinline__ bool kv_vec_ok(const uint16_t* kb, const uint16_t* vb, int row_stride,
+                                          int hd) {
+  return (hd % 8) == 0 && (row_stride % 8) == 0 && (reinterpret_cast<uintptr_t>(kb) % 16) == 0 &&
+         (reinterpret_cast<uintptr_t>(vb) % 16) == 0;
+}
+
+template <int N>
+__device__ __forceinline__ void kv_fetch(KvRegs<N>& r, const uint16_t* kb, const uint16_t* vb,
+                                         int row_stride, int key0, int key_end, int hd) {
+  const int per_row = hd / 8, total = kKeyTile * per_row;
+#pragma unroll
+  for (int q = 0; q < N; q++) {
+    const int e = threadIdx.x + q * kThreads;
+    if (e >= total) break;
+    const int i = e / per_row, c = (e - i * per_row) * 8;
+    if (key0 + i < key_end) {
+      const int64_t off = int64_t(key0 + i) * row_stride + c;
+      r.k[q] = *reinterpret_cast<const uint4*>(kb + off);
+      r.v[q] = *reinterpret_cast<const uint4*>(vb + off);
+    } else {
+      r.k[q] = r.v[q] = make_uint4(0, 0, 0, 0);  // fp16 zeros
+    }
+  }
+}
+
+__device__ __forceinline__ void store_halves(float* d, const uint4& u) {
+  const __half2* h = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    const float2 f = __half22float2(h[k]);
+    d[2 * k] = f.x;
+    d[2 * k + 1] = f.y;
+  }
+}
+
+template <int N>
+__device__ __forceinline__ void kv_store(const KvRegs<N>& r, float* ks, float* vs, int pitch,
+                                         int hd) {
+  const int per_row = hd / 8, total = kKeyTile * per_row;
+#pragma unroll
+  for (int q = 0; q < N; q++) {
+    const int e = threadIdx.x + q * kThreads;
+    if (e >= total) break;
+    const int i = e / per_row, c = (e - i * per_row) * 8;
+    store_halves(ks + i * pitch + c, r.k[q]);
+    store_halves(vs + i * pitch + c, r.v[q]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Prefill. Block (tile, head h), 128 threads: thread = (row qi = tid / 4, sub = tid % 4).
+// Per key tile of 32: the thread scores keys sub, sub + 4, ..., sub + 28 for its row (8
+// scores in registers), the row's max/sum come from the 4 lanes of the row (shuffles), and
+// the thread accumulates output dims d = sub + 4c (c < kC) over all 32 keys, taking each
+// key's p from the lane that holds it. Shared: Q [32][hd+1], K [32][hd+1], V [32][hd+1].
+template <int kC>
+__global__ void __launch_bounds__(kThreads)
+    attention_prefill_kernel(AttentionCudaParams p, const AttentionTile* tiles) {
+  extern __shared__ float smem[];
+  const AttentionTile tile = tiles[blockIdx.x];
+  const int h = blockIdx.y, hd = p.head_dim, pitch = hd + 1;
+  const int group = p.n_heads / p.n_kv_heads, kvh = h / group, kv_dim = p.n_kv_heads * hd;
+  float* qs = smem;
+  float* ks = qs + kAttentionTileTokens * pitch;
+  float* vs = ks + kKeyTile * pitch;
+
+  for (int e = threadIdx.x; e < kAttentionTileTokens * hd; e += blockDim.x) {
+    const int r = e / hd, d = e - r * hd;
+    qs[r * pitch + d] =
+        r < tile.n ? p.q[int64_t(tile.t0 + r) * p.q_stride + h * hd + d] : 0.0f;
+  }
+  const int lane = threadIdx.x & 31, qi = threadIdx.x >> 2, sub = threadIdx.x & 3;
+  const bool row_valid = qi < tile.n;
+  const int qpos = row_valid ? p.pos[tile.t0 + qi] : -1;  // -1: every key masked
+  const float scale = 1.0f / sqrtf(float(hd));
+  const uint16_t* kbase = p.k_cache + int64_t(tile.seq) * p.seq_stride + kvh * hd;
+  const uint16_t* vbase = p.v_cache + int64_t(tile.seq) * p.seq_stride + kvh * hd;
+
+  float m = -INFINITY, l = 0.0f, acc[kC];
+#pragma unroll
+  for (int c = 0; c < kC; c++) acc[c] = 0.0f;
+
+  for (int k0 = 0; k0 <= tile.max_pos; k0 += kKeyTile) {
+    __syncthreads();  // Q stored (first tile); previous K/V tile consumed
+    load_kv_tile(ks, pitch, kbase, kv_dim, k0, tile.max_pos + 1, hd);
+    load_kv_tile(vs, pitch, vbase, kv_dim, k0, tile.max_pos + 1, hd);
+    __syncthreads();
+
+    float s[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) s[j] = 0.0f;
+    const float* qrow = qs + qi * pitch;
+    for (int d = 0; d < hd; d++) {
+      const float qv = qrow[d];
+#pragma unroll
+      for (int j = 0; j < 8; j++) s[j] += qv * ks[(sub + 4 * j) * pitch + d];
+    }
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+      s[j] = k0 + sub + 4 * j <= qpos ? s[j] * scale : -INFINITY;
+      mx = fmaxf(mx, s[j]);
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 2));
+    const float m_new = fmaxf(m, mx);
+    float corr = 1.0f, psum = 0.0f;
+    if (m_new == -INFINITY) {  // nothing visible to this row yet
+#pragma unroll
+      for (int j = 0; j < 8; j++) s[j] = 0.0f;
+    } else {
+      corr = expf(m - m_new);
+#pragma unroll
+      for (int j = 0; j < 8; j++) {
+        s[j] = expf(s[j] - m_new);
+        psum += s[j];
+      }
+    }
+    psum += __shfl_xor_sync(kFullMask, psum, 1);
+    psum += __shfl_xor_sync(kFullMask, psum, 2);
+    l = l * corr + psum;
+    m = m_new;
+#pragma unroll
+    for (int c = 0; c < kC; c++) acc[c] *= corr;
+    // Key ki = src + 4j of this row is held in s[j] by lane (lane & ~3) | src.
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+#pragma unroll
+      for (int src = 0; src < 4; src++) {
+        const float pk = __shfl_sync(kFullMask, s[j], (lane & ~3) | src);
+        const float* vrow = vs + (src + 4 * j) * pitch;
+#pragma unroll
+        for (int c = 0; c < kC; c++) {
+          const int d = sub + 4 * c;
+          if (d < hd) acc[c] += pk * vrow[d];
+        }
+      }
+    }
+  }
+  if (!row_valid) return;
+  uint16_t* out = p.out + int64_t(tile.t0 + qi) * p.n_heads * hd + h * hd;
+  const float inv_l = 1.0f / l;
+#pragma unroll
+  for (int c = 0; c < kC; c++) {
+    const int d = sub + 4 * c;
+    if (d < hd) out[d] = f2h(acc[c] * inv_l);
+  }
+}
+
+// Prefill, vectorised (head_dim % 16 == 0: every LLaMA). Same mapping and math as above, but
+// shared rows have a pitch of head_dim + 4 floats so that they are 16-byte aligned, every
+// shared load is a float4, and the thread's output dims are the float4 chunks 4 c4 + sub
+// (c4 < head_dim / 16): dims 16 c4 + 4 sub .. + 3. That keeps the K, Q and V reads free of
+// bank conflicts and cuts the shared-memory wavefronts per FMA by 4 (the scalar kernel was
+// bound by them). K/V tiles are double-buffered through registers (kv_fetch / kv_store).
+template <int kC4>
+__global__ void __launch_bounds__(kThreads)
+    attention_prefill_vec_kernel(AttentionCudaParams p, const AttentionTile* tiles) {
+  extern __shared__ float4 smem4[];
+  float* smem = reinterpret_cast<float*>(smem4);
+  const AttentionTile tile = tiles[blockIdx.x];
+  const int h = blockIdx.y, hd = p.head_dim, pitch = hd + 4, pitch4 = pitch / 4, hd4 = hd / 4;
+  const int group = p.n_heads / p.n_kv_heads, kvh = h / group, kv_dim = p.n_kv_heads * hd;
+  float* qs = smem;
+  float* ks = qs + kAttentionTileTokens * pitch;
+  float* vs = ks + kKeyTile * pitch;
+  const float4* qs4 = reinterpret_cast<const float4*>(qs);
+  const float4* ks4 = reinterpret_cast<const float4*>(ks);
+  const float4* vs4 = reinterpret_cast<const float4*>(vs);
+
+  for (int e = threadIdx.x; e < kAttentionTileTokens * hd; e += blockDim.x) {
+    const int r = e / hd, d = e - r * hd;
+    qs[r * pitch + d] =
+        r < tile.n ? p.q[int64_t(tile.t0 + r) * p.q_stride + h * hd + d] : 0.0f;
+  }
+  const int lane = threadIdx.x & 31, qi = threadIdx.x >> 2, sub = threadIdx.x & 3;
+  const bool row_valid = qi < tile.n;
+  const int qpos = row_valid ? p.pos[tile.t0 + qi] : -1;  // -1: every key masked
+  const float scale = 1.0f / sqrtf(float(hd));
+  const uint16_t* kbase = p.k_cache + int64_t(tile.seq) * p.seq_stride + kvh * hd;
+  const uint16_t* vbase = p.v_cache + int64_t(tile.seq) * p.seq_stride + kvh * hd;
+  const int key_end = tile.max_pos + 1;
+
+  float m = -INFINITY, l = 0.0f;
+  float4 acc[kC4];
+#pragma unroll
+  for (int c = 0; c < kC4; c++) acc[c] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+
+  const bool prefetch = kv_vec_ok(kbase, vbase, kv_dim, hd);
+  KvRegs<(kC4 + 1) / 2> regs;  // head_dim <= 16 kC4 = 32 N
+  if (prefetch) kv_fetch(regs, kbase, vbase, kv_dim, 0, key_end, hd);
+  for (int k0 = 0; k0 < key_end; k0 += kKeyTile) {
+    __syncthreads();  // Q stored (first tile); previous K/V tile consumed
+    if (prefetch) {
+      kv_store(regs, ks, vs, pitch, hd);
+      if (k0 + kKeyTile < key_end) kv_fetch(regs, kbase, vbase, kv_dim, k0 + kKeyTile, key_end, hd);
+    } else {
+      load_kv_tile(ks, pitch, kbase, kv_dim, k0, key_end, hd);
+      load_kv_tile(vs, pitch, vbase, kv_dim, k0, key_end, hd);
+    }
+    __syncthreads();
+
+    float s[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) s[j] = 0.0f;
+    const float4* qrow = qs4 + qi * pitch4;
+    for (int d4 = 0; d4 < hd4; d4++) {
+      const float4 qv = qrow[d4];
+#pragma unroll
+      for (int j = 0; j < 8; j++) {
+        const float4 kv = ks4[(sub + 4 * j) * pitch4 + d4];
+        s[j] += qv.x * kv.x;
+        s[j] += qv.y * kv.y;
+        s[j] += qv.z * kv.z;
+        s[j] += qv.w * kv.w;
+      }
+    }
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+      s[j] = k0 + sub + 4 * j <= qpos ? s[j] * scale : -INFINITY;
+      mx = fmaxf(mx, s[j]);
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, 2));
+    const float m_new = fmaxf(m, mx);
+    float corr = 1.0f, psum = 0.0f;
+    if (m_new == -INFINITY) {  // nothing visible to this row yet
+#pragma unroll
+      for (int j = 0; j < 8; j++) s[j] = 0.0f;
+    } else {
+      corr = expf(m - m_new);
+#pragma unroll
+      for (int j = 0; j < 8; j++) {
+        s[j] = expf(s[j] - m_new);
+        psum += s[j];
+      }
+    }
+    psum += __shfl_xor_sync(kFullMask, psum, 1);
+    psum += __shfl_xor_sync(kFullMask, psum, 2);
+    l = l * corr + psum;
+    m = m_new;
+#pragma unroll
+    for (int c = 0; c < kC4; c++) {
+      acc[c].x *= corr, acc[c].y *= corr, acc[c].z *= corr, acc[c].w *= corr;
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+#pragma unroll
+      for (int src = 0; src < 4; src++) {
+        const float pk = __shfl_sync(kFullMask, s[j], (lane & ~3) | src);
+        const float4* vrow = vs4 + (src + 4 * j) * pitch4;
+#pragma unroll
+        for (int c = 0; c < kC4; c++) {
+          if (16 * c >= hd) break;
+          const float4 v = vrow[4 * c + sub];
+          acc[c].x += pk * v.x;
+          acc[c].y += pk * v.y;
+          acc[c].z += pk * v.z;
+          acc[c].w += pk * v.w;
+        }
+      }
+    }
+  }
+  if (!row_valid) return;
+  uint16_t* out = p.out + int64_t(tile.t0 + qi) * p.n_heads * hd + h * hd;
+  const float inv_l = 1.0f / l;
+#pragma unroll
+  for (int c = 0; c < kC4; c++) {
+    if (16 * c >= hd) break;
+    uint16_t* o = out + 16 * c + 4 * sub;
+    o[0] = f2h(acc[c].x * inv_l);
+    o[1] = f2h(acc[c].y * inv_l);
+    o[2] = f2h(acc[c].z * inv_l);
+    o[3] = f2h(acc[c].w * inv_l);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Decode. Block (split s, kv head g, token t), 128 threads, for the `group` query heads of
+// kv head g together (K/V read once for all of them). The token's keys 0..pos are cut into
+// n_splits chunks (multiples of 32 keys); this block runs the online softmax over chunk s.
+// Scores: item (j, i) = (head j of the group, key i of the tile), items spread over the
+// threads; for groups of 1 or 2 heads 4 or 2 threads share an item (a slice of the head dim
+// each, summed through shared memory), so all 128 threads work. Softmax: warp w updates heads j = w, w + 4, ... (one key per lane). Output:
+// thread owns elements e = tid + 128 r of [group][hd] (kAcc registers).
+// Shared: q [group][hd], K/V [32][hd+1], p [group][32], per-head m, l, correction, partial
+// dots [128].
+template <int kAcc>
+__global__ void __launch_bounds__(kThreads)
+    attention_decode_kernel(AttentionCudaParams p, int n_splits, float* scratch) {
+  extern __shared__ float smem[];
+  const int s = blockIdx.x, g = blockIdx.y, t = blockIdx.z;
+  const int hd = p.head_dim, pitch = hd + 1, group = p.n_heads / p.n_kv_heads;
+  const int kv_dim = p.n_kv_heads * hd, gsize = group * hd;
+  float* qs = smem;                        // [group][hd]
+  float* ks = qs + gsize;                  // [32][pitch]
+  float* vs = ks + kKeyTile * pitch;       // [32][pitch]
+  float* ps = vs + kKeyTile * pitch;       // [group][32]
+  float* ms = ps + group * kKeyTile;       // [group] running max
+  float* ls = ms + group;                  // [group] running sum
+  float* cs = ls + group;                  // [group] correction of this tile
+  float* pp = cs + group;                  // [kThreads] partial dot products
+  // Scores: group * 32 items; with fewer items than threads, `parts` threads share one.
+  const int n_items = group * kKeyTile;
+  const int parts = n_items < kThreads && kThreads % n_items == 0 ? kThreads / n_items : 1;
+  const int part_dims = (hd + parts - 1) / parts;
+
+  const int len = p.pos[t] + 1;
+  int chunk = (len + n_splits - 1) / n_splits;
+  chunk = (chunk + kKeyTile - 1) / kKeyTile * kKeyTile;
+  const int begin = s * chunk, end = min(len, begin + chunk);
+
+  const float* q = p.q + int64_t(t) * p.q_stride + g * gsize;  // heads g*group.. contiguous
+  for (int e = threadIdx.x; e < gsize; e += blockDim.x) qs[e] = q[e];
+  for (int j = threadIdx.x; j < group; j += blockDim.x) ms[j] = -INFINITY, ls[j] = 0.0f;
+  const float scale = 1.0f / sqrtf(float(hd));
+  const int64_t seq_off = int64_t(p.seq[t]) * p.seq_stride + g * hd;
+  const uint16_t* kbase = p.k_cache + seq_off;
+  const uint16_t* vbase = p.v_cache + seq_off;
+
+  float acc[kAcc];
+  int ej[kAcc], ed[kAcc];
+#pragma unroll
+  for (int r = 0; r < kAcc; r++) {
+    const int e = threadIdx.x + r * kThreads;
+    acc[r] = 0.0f;
+    ej[r] = e / hd;
+    ed[r] = e - ej[r] * hd;
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+
+  const bool prefetch = kv_vec_ok(kbase, vbase, kv_dim, hd);
+  KvRegs<> regs;
+  if (prefetch && begin < end) kv_fetch(regs, kbase, vbase, kv_dim, begin, end, hd);
+  for (int k0 = begin; k0 < end; k0 += kKeyTile) {
+    __syncthreads();  // q, m, l stored (first tile); previous tile consumed
+    if (prefetch) {
+      kv_store(regs, ks, vs, pitch, hd);
+      if (k0 + kKeyTile < end) kv_fetch(regs, kbase, vbase, kv_dim, k0 + kKeyTile, end, hd);
+    } else {
+      load_kv_tile(ks, pitch, kbase, kv_dim, k0, end, hd);
+      load_kv_tile(vs, pitch, vbase, kv_dim, k0, end, hd);
+    }
+    __syncthreads();
+    if (parts == 1) {
+      for (int it = threadIdx.x; it < n_items; it += blockDim.x) {
+        const int j = it / kKeyTile, i = it - j * kKeyTile;
+        float sc = -INFINITY;
+        if (k0 + i < end) {
+          const float* qj = qs + j * hd;
+          const float* ki = ks + i * pitch;
+          float dot = 0.0f;
+          for (int d = 0; d < hd; d++) dot += qj[d] * ki[d];
+          sc = dot * scale;
+        }
+        ps[it] = sc;
+      }
+    } else {  // `parts` threads per score, each over a slice of the head dim
+      const int it = threadIdx.x % n_items, part = threadIdx.x / n_items;
+      const int j = it / kKeyTile, i = it - j * kKeyTile;
+      const int d0 = part * part_dims, d1 = min(hd, d0 + part_dims);
+      const float* qj = qs + j * hd;
+      const float* ki = ks + i * pitch;
+      float dot = 0.0f;
+      for (int d = d0; d < d1; d++) dot += qj[d] * ki[d];
+      pp[part * n_items + it] = dot;
+      __syncthreads();
+      if (threadIdx.x < n_items) {
+        float sum = pp[threadIdx.x];
+        for (int q = 1; q < parts; q++) sum += pp[q * n_items + threadIdx.x];
+        ps[threadIdx.x] = k0 + i < end ? sum * scale : -INFINITY;
+      }
+    }
+    __syncthreads();
+    for (int j = warp; j < group; j += kThreads / 32) {
+      const float sc = ps[j * kKeyTile + lane];
+      const float m_old = ms[j];
+      const float m_new = fmaxf(m_old, warp_max(sc));  // finite: key k0 is always valid
+      const float e = expf(sc - m_new);
+      const float sum = warp_sum(e);
+      ps[j * kKeyTile + lane] = e;
+      __syncwarp();  // every lane has read ms[j] before lane 0 replaces it
+      if (lane == 0) {
+        const float corr = expf(m_old - m_new);
+        cs[j] = corr;
+        ls[j] = ls[j] * corr + sum;
+        ms[j] = m_new;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < kAcc; r++) {
+      if (ej[r] >= group) continue;
+      const float* pj = ps + ej[r] * kKeyTile;
+      float a = acc[r] * cs[ej[r]];
+#pragma unroll 8
+      for (int i = 0; i < kKeyTile; i++) a += pj[i] * vs[i * pitch + ed[r]];
+      acc[r] = a;
+    }
+  }
+  __syncthreads();  // m, l final (also for an empty split)
+
+  if (n_splits == 1) {
+#pragma unroll
+    for (int r = 0; r < kAcc; r++) {
+      if (ej[r] >= group) continue;
+      const int h = g * group + ej[r];
+      p.out[int64_t(t) * p.n_heads * hd + h * hd + ed[r]] = f2h(acc[r] / ls[ej[r]]);
+    }
+    return;
+  }
+  // Partials: o [n_tokens][n_heads][n_splits][hd] (unnormalised), then ml [..][2] = (m, l).
+  const int64_t n_parts = int64_t(p.n_tokens) * p.n_heads * n_splits;
+#pragma unroll
+  for (int r = 0; r < kAcc; r++) {
+    if (ej[r] >= group) continue;
+    const int h = g * group + ej[r];
+    scratch[((int64_t(t) * p.n_heads + h) * n_splits + s) * hd + ed[r]] = acc[r];
+  }
+  for (int j = threadIdx.x; j < group; j += blockDim.x) {
+    const int64_t part = (int64_t(t) * p.n_heads + g * group + j) * n_splits + s;
+    scratch[n_parts * hd + part * 2] = ms[j];
+    scratch[n_parts * hd + part * 2 + 1] = ls[j];
+  }
+}
+
+// Block (head h, token t), 128 threads: out = sum_s w_s o_s / sum_s w_s l_s with
+// w_s = exp(m_s - max m). Thread s < n_splits (<= 64) loads split s's (m, l) so the loads run in
+// parallel; the max and the sum are warp reductions over the first two warps. Empty splits
+// have m = -inf, l = 0, o = 0 and weigh nothing; split 0 is never empty.
+__global__ void __launch_bounds__(kThreads)
+    attention_combine_kernel(AttentionCudaParams p, int n_splits, const float* scratch) {
+  __shared__ float w[kMaxDecodeSplits];
+  __shared__ float red_m[2], red_l[2];
+  const int h = blockIdx.x, t = blockIdx.y, hd = p.head_dim;
+  const int s = threadIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t n_parts = int64_t(p.n_tokens) * p.n_heads * n_splits;
+  const int64_t part0 = (int64_t(t) * p.n_heads + h) * n_splits;
+  const float* ml = scratch + n_parts * hd + part0 * 2;
+  const float m = s < n_splits ? ml[2 * s] : -INFINITY;
+  const float l = s < n_splits ? ml[2 * s + 1] : 0.0f;
+  const float wm = warp_max(m);
+  if (lane == 0 && warp < 2) red_m[warp] = wm;
+  __syncthreads();
+  const float mx = fmaxf(red_m[0], red_m[1]);
+  const float ws = s < n_splits ? expf(m - mx) : 0.0f;
+  if (s < kMaxDecodeSplits) w[s] = ws;
+  const float wl = warp_sum(ws * l);
+  if (lane == 0 && warp < 2) red_l[warp] = wl;
+  __syncthreads();
+  const float inv_l = 1.0f / (red_l[0] + red_l[1]);
+  const float* o = scratch + part0 * hd;
+  uint16_t* out = p.out + int64_t(t) * p.n_heads * hd + h * hd;
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float a = 0.0f;
+#pragma unroll 8
+    for (int q = 0; q < n_splits; q++) a += w[q] * o[q * hd + d];
+    out[d] = f2h(a * inv_l);
+  }
+}
+
+void check_params(const AttentionCudaParams& p, const char* who) {
+  if (p.head_dim <= 0 || p.head_dim > kMaxHeadDim || p.n_kv_heads <= 0 ||
+      p.n_heads % p.n_kv_heads != 0)
+    throw std::invalid_argument(std::string(who) + ": need 0 < head_dim <= 256 and n_heads (" +
+                                std::to_string(p.n_heads) + ") a multiple of n_kv_heads (" +
+                                std::to_string(p.n_kv_heads) + ")");
+  if (!p.q || !p.k_cache || !p.v_cache || !p.pos || !p.seq || !p.out)
+    throw std::invalid_argument(std::string(who) + ": null pointer in params");
+}
+
+// Opts in to more than 48 KiB of dynamic shared memory when a launch needs it. The attribute
+// call is slow (hundreds of microseconds), so each kernel remembers the largest size already
+// granted (`granted`, one per kernel instantiation) and calls it only to raise it.
+template <typename Kernel>
+void set_smem(Kernel kernel, size_t smem, std::atomic<size_t>& granted) {
+  if (smem <= 48 * 1024 || smem <= granted.load()) return;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(smem)));
+  granted.store(smem);
+}
+
+template <int kC>
+void launch_prefill(const AttentionCudaParams& p, const AttentionTile* tiles, int n_tiles,
+                    cudaStream_t stream) {
+  const int pitch = p.head_dim + 1;
+  const size_t smem = size_t(kAttentionTileTokens + 2 * kKeyTile) * pitch * sizeof(float);
+  static std::atomic<size_t> granted{0};
+  set_smem(attention_prefill_kernel<kC>, smem, granted);
+  attention_prefill_kernel<kC><<<dim3(n_tiles, p.n_heads), kThreads, smem, stream>>>(p, tiles);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <int kC4>
+void launch_prefill_vec(const AttentionCudaParams& p, const AttentionTile* tiles, int n_tiles,
+                        cudaStream_t stream) {
+  const int pitch = p.head_dim + 4;
+  const size_t smem = size_t(kAttentionTileTokens + 2 * kKeyTile) * pitch * sizeof(float);
+  static std::atomic<size_t> granted{0};
+  set_smem(attention_prefill_vec_kernel<kC4>, smem, granted);
+  attention_prefill_vec_kernel<kC4>
+      <<<dim3(n_tiles, p.n_heads), kThreads, smem, stream>>>(p, tiles);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <int kAcc>
+void launch_decode(const AttentionCudaParams& p, int n_splits, float* scratch,
+                   cudaStream_t stream) {
+  const int group = p.n_heads / p.n_kv_heads, pitch = p.head_dim + 1;
+  const size_t smem =
+      (size_t(group) * p.head_dim + 2 * kKeyTile * pitch + group * kKeyTile + 3 * group +
+       kThreads) * sizeof(float);
+  static std::atomic<size_t> granted{0};
+  set_smem(attention_decode_kernel<kAcc>, smem, granted);
+  attention_decode_kernel<kAcc>
+      <<<dim3(n_splits, p.n_kv_heads, p.n_tokens), kThreads, smem, stream>>>(p, n_splits,
+                                                                             scratch);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+int attention_make_tiles(const int* seq, const int* pos, int n_tokens, AttentionTile* tiles) {
+  int n_tiles = 0;
+  for (int t = 0; t < n_tokens; t++) {
+    AttentionTile* cur = n_tiles ? &tiles[n_tiles - 1] : nullptr;
+    if (cur && cur->seq == seq[t] && cur->n < kAttentionTileTokens && cur->t0 + cur->n == t) {
+      cur->n++;
+      cur->max_pos = std::max(cur->max_pos, pos[t]);
+    } else {
+      AttentionTile& nt = tiles[n_tiles++];
+      nt.t0 = t, nt.n = 1, nt.seq = seq[t], nt.max_pos = pos[t];
+    }
+  }
+  return n_tiles;
+}
+
+void attention_prefill_cuda(const AttentionCudaParams& p, const AttentionTile* tiles,
+                            int n_tiles, cudaStream_t stream) {
+  if (n_tiles <= 0) return;
+  check_params(p, "attention_prefill_cuda");
+  if (p.n_heads > 65535) throw std::invalid_argument("attention_prefill_cuda: too many heads");
+  if (p.head_dim % 16 == 0) {  // float4 chunks of output dims per thread: head_dim / 16
+    const int c4 = p.head_dim / 16;
+    if (c4 <= 2) launch_prefill_vec<2>(p, tiles, n_tiles, stream);
+    else if (c4 <= 4) launch_prefill_vec<4>(p, tiles, n_tiles, stream);
+    else if (c4 <= 8) launch_prefill_vec<8>(p, tiles, n_tiles, stream);
+    else launch_prefill_vec<16>(p, tiles, n_tiles, stream);
+    return;
+  }
+  const int c = (p.head_dim + 3) / 4;  // output dims per thread
+  if (c <= 2) launch_prefill<2>(p, tiles, n_tiles, stream);
+  else if (c <= 4) launch_prefill<4>(p, tiles, n_tiles, stream);
+  else if (c <= 8) launch_prefill<8>(p, tiles, n_tiles, stream);
+  else if (c <= 16) launch_prefill<16>(p, tiles, n_tiles, stream);
+  else if (c <= 32) launch_prefill<32>(p, tiles, n_tiles, stream);
+  else launch_prefill<64>(p, tiles, n_tiles, stream);
+}
+
+int attention_decode_splits(int n_tokens, int n_kv_heads, int ctx_size, int n_sms) {
+  // About four blocks per SM, at least 64 keys per split at full context, at most 64 splits.
+  const int blocks = std::max(1, n_tokens * n_kv_heads);
+  int splits = (4 * std::max(1, n_sms) + blocks - 1) / blocks;
+  splits = std::min(splits, std::max(1, ctx_size / 64));
+  return std::max(1, std::min(splits, kMaxDecodeSplits));
+}
+
+size_t attention_decode_scratch_floats(int n_tokens, int n_heads, int head_dim, int n_splits) {
+  if (n_splits <= 1) return 0;
+  return size_t(n_tokens) * n_heads * n_splits * (head_dim + 2);
+}
+
+void attention_decode_cuda(const AttentionCudaParams& p, int n_splits, float* scratch,
+                           cudaStream_t stream) {
+  if (p.n_tokens <= 0) return;
+  check_params(p, "attention_decode_cuda");
+  if (n_splits < 1 || n_splits > kMaxDecodeSplits || (n_splits > 1 && !scratch))
+    throw std::invalid_argument("attention_decode_cuda: n_splits must be in [1, 64], with "
+                                "scratch when > 1");
+  if (p.n_tokens > 65535 || p.n_kv_heads > 65535)
+    throw std::invalid_argument("attention_decode_cuda: too many tokens or kv heads");
+  const int gsize = (p.n_heads / p.n_kv_heads) * p.head_dim;
+  const int acc = (gsize + kThreads - 1) / kThreads;
+  if (acc <= 1) launch_decode<1>(p, n_splits, scratch, stream);
+  else if (acc <= 2) launch_decode<2>(p, n_splits, scratch, stream);
+  else if (acc <= 4) launch_decode<4>(p, n_splits, scratch, stream);
+  else if (acc <= 8) launch_decode<8>(p, n_splits, scratch, stream);
+  else if (acc <= kDecodeMaxAcc) launch_decode<kDecodeMaxAcc>(p, n_splits, scratch, stream);
+  else
+    throw std::invalid_argument("attention_decode_cuda: (n_heads / n_kv_heads) * head_dim = " +
+                                std::to_string(gsize) + " exceeds 2048");
+  if (n_splits > 1) {
+    attention_combine_kernel<<<dim3(p.n_heads, p.n_tokens), kThreads, 0, stream>>>(
+        p, n_splits, scratch);
+    CUDA_CHECK_LAUNCH();
+  }
+}
+
+}  // namespace sqz
