@@ -1,0 +1,1000 @@
+// Packed SqueezeLLM linear on the GPU:
+//   y[t, r] = sum_c (lut[r][idx[r][c]] + S[r][c]) * x[t, c]
+// x fp16 [n_tokens, cols], y fp32 [n_tokens, rows], fp32 accumulation, the CSR outliers S in
+// the same kernel. Two kernels behind one launcher, lut_gemm_cuda():
+//   lut_gemv_kernel   n_tokens <= 16: memory-bound; each weight decoded once, into tensor-core
+//                     A fragments in registers, multiplied by up to 16 tokens.
+//   lut_gemm_kernel   n_tokens  > 16: tiles of W decoded to fp16 in shared memory, x tiles by
+//                     cp.async, mma.sync m16n8k16 with fp32 accumulation.
+// The design, the instruction counts and the napkin math are in kernels/NOTES_lut_gemv.md.
+// Test: build/tests/test_lut_gemv (vs the CPU lut_gemm); bench: build/tests/bench_lut_gemv.
+//
+// Decoding (both kernels). The LUT of a row lives in registers as byte planes: lo[j] holds
+// the low bytes of entries 4j..4j+3, hi[j] their high bytes. One PRMT (byte permute) with a
+// selector of four 3-bit nibbles looks up four entries' low bytes in lo[0..1], a second their
+// high bytes, and two more PRMTs interleave them into two half2 registers: 4 instructions for
+// 4 weights. 4 bits needs a second table pair (entries 8..15) and a select by bit 3 of each
+// index, done with a sign-replicating PRMT mask and a LOP3. The 3-bit selectors are built
+// from the packed layout (kernels/packed_layout.h) with a 2x bit spread of the high-bit word.
+//
+// A quarter of a 128-column unit (columns 32q..32q+31 of the unit) is the decoding grain: for
+// 4 bits it is word q, for 3 bits bytes [8q, 8q+8) (low bits) and [32+4q, 32+4q+4) (high
+// bits), for 2 bits bytes [8q, 8q+8). It yields 16 half2 "pairs" in decode order: pair 2m and
+// 2m+1 (m = 0..7) are the two k-pairs of one m16n8k16 A fragment row. Columns of pair 2m+s,
+// element e (quarter-relative):
+//   4 bits:      4m + 2s + e                     (natural order)
+//   3/2 bits:    16(m/4) + p0[m%4] + 4s + 2e     p0 = {0, 8, 1, 9}
+// i.e. within each aligned 16-column chunk the 3/2-bit decode order is
+//   0 2 4 6 | 8 10 12 14 | 1 3 5 7 | 9 11 13 15.
+// The GEMV stages x in shared memory in that order; the GEMM turns W back to natural order.
+#include "kernels/lut_gemv.h"
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda_common.h"
+#include "kernels/packed_layout.h"
+
+namespace sqz {
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// Device helpers
+
+// The decoding helpers below are host-callable too, so the bit tricks can be checked on a CPU.
+#define SQZ_HD __host__ __device__ __forceinline__
+#ifdef __CUDA_ARCH__
+#define SQZ_UNROLL _Pragma("unroll")
+#else
+#define SQZ_UNROLL
+#endif
+
+// Byte permute (PTX prmt, default mode): byte k of the result is byte sel[4k+2..4k] of b:a,
+// or, when sel bit 4k+3 is set, that byte's msb replicated.
+SQZ_HD uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+#ifdef __CUDA_ARCH__
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+  return d;
+#else
+  const uint64_t x = uint64_t(b) << 32 | a;
+  uint32_t d = 0;
+  for (int k = 0; k < 4; k++) {
+    const uint32_t n = sel >> (4 * k) & 15, byte = uint32_t(x >> (8 * (n & 7))) & 0xff;
+    d |= (n & 8 ? (byte & 0x80 ? 0xffu : 0u) : byte) << (8 * k);
+  }
+  return d;
+#endif
+}
+
+__device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+
+// Streaming 16/8/4-byte loads of index words (read once; through the read-only path).
+__device__ __forceinline__ uint4 ldg_u4(const void* p) { return __ldg(static_cast<const uint4*>(p)); }
+__device__ __forceinline__ uint2 ldg_u2(const void* p) { return __ldg(static_cast<const uint2*>(p)); }
+__device__ __forceinline__ uint32_t ldg_u1(const void* p) {
+  return __ldg(static_cast<const unsigned int*>(p));
+}
+
+// d += a * b: m16n8k16, fp16 inputs, fp32 accumulators.
+// a: {row g k 2t..2t+1, row g+8 k 2t.., row g k 2t+8.., row g+8 k 2t+8..}, b: {k 2t.., k 2t+8..}
+// (g = lane / 4, t = lane % 4); d: {row g n 2t, row g n 2t+1, row g+8 n 2t, row g+8 n 2t+1}.
+__device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                          uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_ptr) {
+  const uint32_t a = uint32_t(__cvta_generic_to_shared(smem_ptr));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a)
+               : "memory");
+}
+
+// 16 bytes global -> shared, asynchronously; src_bytes < 16 zero-fills the rest.
+__device__ __forceinline__ void cp_async_16(void* smem_ptr, const void* src, int src_bytes) {
+  const uint32_t a = uint32_t(__cvta_generic_to_shared(smem_ptr));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(a), "l"(src), "r"(src_bytes)
+               : "memory");
+}
+// 8/4 bytes with src_bytes (0 or the full size) read; the rest zero-filled.
+__device__ __forceinline__ void cp_async_8z(void* smem_ptr, const void* src, int src_bytes) {
+  const uint32_t a = uint32_t(__cvta_generic_to_shared(smem_ptr));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(a), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_4z(void* smem_ptr, const void* src, int src_bytes) {
+  const uint32_t a = uint32_t(__cvta_generic_to_shared(smem_ptr));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(a), "l"(src), "r"(src_bytes) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+// ---------------------------------------------------------------------------------------
+// LUT byte planes and the decoding of one quarter-unit
+
+template <int BITS>
+constexpr int kLutPlanes = BITS == 4 ? 4 : BITS == 3 ? 2 : 1;
+// u32 index words per quarter-unit: 4-bit word q; 3-bit two low lanes + the high lane; 2-bit two.
+template <int BITS>
+constexpr int kQuarterWords = BITS == 4 ? 4 : BITS == 3 ? 3 : 2;
+
+template <int BITS>
+struct LutPlanes {
+  uint32_t lo[kLutPlanes<BITS>], hi[kLutPlanes<BITS>];
+};
+
+// The row's 2^BITS fp16 entries as byte planes (lut rows are 4-byte aligned: launcher check).
+template <int BITS>
+__device__ __forceinline__ LutPlanes<BITS> load_lut(const uint16_t* lut, int row) {
+  const uint32_t* e = reinterpret_cast<const uint32_t*>(lut + (int64_t(row) << BITS));
+  LutPlanes<BITS> l;
+#pragma unroll
+  for (int j = 0; j < kLutPlanes<BITS>; j++) {
+    const uint32_t e0 = __ldg(e + 2 * j), e1 = __ldg(e + 2 * j + 1);  // entries 4j..4j+3
+    l.lo[j] = prmt(e0, e1, 0x6420);
+    l.hi[j] = prmt(e0, e1, 0x7531);
+  }
+  return l;
+}
+
+// Quarter q of a unit (see the top of the file for which bytes).
+template <int BITS>
+__device__ __forceinline__ void load_quarter(const uint8_t* unit, int q, uint32_t (&w)[kQuarterWords<BITS>]) {
+  if constexpr (BITS == 4) {
+    const uint4 v = ldg_u4(unit + 16 * q);
+    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+  } else {
+    const uint2 v = ldg_u2(unit + 8 * q);
+    w[0] = v.x, w[1] = v.y;
+    if constexpr (BITS == 3) w[2] = ldg_u1(unit + 32 + 4 * q);
+  }
+}
+
+// Four weights whose 3-bit (or 2-bit) indices are the nibbles of sel[15:0] (bit 3 clear):
+// half2 of nibbles 0,1 -> a, nibbles 2,3 -> b.
+template <int BITS>
+SQZ_HD void lookup4_small(uint32_t sel, const LutPlanes<BITS>& l, uint32_t& a,
+                                              uint32_t& b) {
+  const uint32_t lo = prmt(l.lo[0], l.lo[kLutPlanes<BITS> - 1], sel);
+  const uint32_t hi = prmt(l.hi[0], l.hi[kLutPlanes<BITS> - 1], sel);
+  a = prmt(lo, hi, 0x5140);
+  b = prmt(lo, hi, 0x7362);
+}
+
+// Same for 4-bit indices: sel holds the low 3 bits, byte k of m is 0xff where index k >= 8.
+SQZ_HD void lookup4_16(uint32_t sel, uint32_t m, const LutPlanes<4>& l,
+                                           uint32_t& a, uint32_t& b) {
+  const uint32_t lo = (prmt(l.lo[0], l.lo[1], sel) & ~m) | (prmt(l.lo[2], l.lo[3], sel) & m);
+  const uint32_t hi = (prmt(l.hi[0], l.hi[1], sel) & ~m) | (prmt(l.hi[2], l.hi[3], sel) & m);
+  a = prmt(lo, hi, 0x5140);
+  b = prmt(lo, hi, 0x7362);
+}
+
+// Bit i of a 16-bit value held as bytes [0, b1, 0, b0] -> bit 2i.
+SQZ_HD uint32_t spread_bits(uint32_t x) {
+  x = (x | (x << 4)) & 0x0F0F0F0Fu;
+  x = (x | (x << 2)) & 0x33333333u;
+  x = (x | (x << 1)) & 0x55555555u;
+  return x;
+}
+
+// One quarter-unit -> 16 half2 pairs in decode order (see the top of the file).
+template <int BITS>
+SQZ_HD void decode_quarter(const uint32_t (&w)[kQuarterWords<BITS>],
+                                               const LutPlanes<BITS>& l, uint32_t (&p)[16]) {
+  if constexpr (BITS == 4) {
+SQZ_UNROLL
+    for (int j = 0; j < 4; j++) {  // lane j: nibbles = columns 8j..8j+7
+      const uint32_t v = w[j], s = v & 0x77777777u;
+      // msb of the bytes of (v << 4 : v) are the index bits 3 of nibbles 0,1,2,.. in turn
+      const uint32_t m0 = prmt(v << 4, v, 0xD9C8), m1 = prmt(v << 4, v, 0xFBEA);
+      lookup4_16(s, m0, l, p[4 * j], p[4 * j + 1]);
+      lookup4_16(s >> 16, m1, l, p[4 * j + 2], p[4 * j + 3]);
+    }
+  } else {
+    constexpr uint32_t kLow2 = 0x33333333u;  // bits 0-1 of every nibble
+SQZ_UNROLL
+    for (int h = 0; h < 2; h++) {  // low lane h: columns 16h..16h+15, 2 bits each
+      const uint32_t v = w[h];
+      uint32_t se = v & kLow2, so = (v >> 2) & kLow2;  // nibble k: column 2k / 2k+1
+      if constexpr (BITS == 3) {
+        // high bit of column i of this half -> bit 2i; then into bit 2 of the nibbles
+        const uint32_t s = spread_bits(prmt(w[2], 0u, h ? 0x4342 : 0x4140));
+        se |= (s << 2) & ~kLow2;
+        so |= s & ~kLow2;
+      }
+      lookup4_small<BITS>(se, l, p[8 * h + 0], p[8 * h + 1]);        // columns 0 2 | 4 6
+      lookup4_small<BITS>(se >> 16, l, p[8 * h + 2], p[8 * h + 3]);  // 8 10 | 12 14
+      lookup4_small<BITS>(so, l, p[8 * h + 4], p[8 * h + 5]);        // 1 3 | 5 7
+      lookup4_small<BITS>(so >> 16, l, p[8 * h + 6], p[8 * h + 7]);  // 9 11 | 13 15
+    }
+  }
+}
+
+// Decode-order pairs of a quarter -> natural order (pair i = columns 2i, 2i+1).
+template <int BITS>
+SQZ_HD void to_natural_order(uint32_t (&p)[16]) {
+  if constexpr (BITS != 4) {
+SQZ_UNROLL
+    for (int h = 0; h < 2; h++) {
+      uint32_t* q = p + 8 * h;
+      const uint32_t a0 = q[0], b0 = q[1], a1 = q[2], b1 = q[3], a2 = q[4], b2 = q[5],
+                     a3 = q[6], b3 = q[7];
+      q[0] = prmt(a0, a2, 0x5410), q[1] = prmt(a0, a2, 0x7632);  // 0 1, 2 3
+      q[2] = prmt(b0, b2, 0x5410), q[3] = prmt(b0, b2, 0x7632);  // 4 5, 6 7
+      q[4] = prmt(a1, a3, 0x5410), q[5] = prmt(a1, a3, 0x7632);  // 8 9, 10 11
+      q[6] = prmt(b1, b3, 0x5410), q[7] = prmt(b1, b3, 0x7632);  // 12 13, 14 15
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// GEMV / batched kernel, n_tokens <= 16
+//
+// Block = 8 warps, persistent over tiles of 16 rows (tile = blockIdx.x + k * gridDim.x). A tile's
+// K dimension is cut into items of G units (G * 128 columns); warp w takes items w, w + 8, ...
+// Lane (g, t) = (lane / 4, lane % 4) decodes quarter t of every unit of rows g and g + 8 of the
+// tile: the A fragments of m16n8k16 come straight out of the decoder, with the rows as M and
+// the (permuted) columns as K. B is x^T (tokens as N, 8 per mma; 2 mmas for 9..16 tokens),
+// read from shared memory where x was staged in decode order, grouped so that the 4 lanes of
+// a quad read 32 consecutive bytes (no bank conflicts):
+//   x_s[token][unit][m][t][4 halves]   token stride = chunk bytes + 32 (== 32 mod 128)
+// Latency hiding:
+//   - each lane copies its own index words of the warp's next item (possibly in the next
+//     tile) into a per-warp ring in shared memory with cp.async while the current one is
+//     decoded (kStages items per warp);
+//   - warp 0 loads the next tile's LUT rows and row pointers into registers at the start of
+//     a tile and stores them to shared memory before the tile's closing barrier;
+//   - each warp loads the first 32 CSR entries of its 2 rows at the start of the tile and
+//     applies them after its items (x from x_s), lanes over entries, then a transposing warp
+//     reduction gives one sum per token;
+//   - the mma chain alternates between two accumulator sets.
+// At the end of a tile the 8 warps' accumulators and the outlier sums are added through
+// shared memory in a fixed order and y is written.
+//
+// x must fit in shared memory: when n_tokens * K is too large, K is cut into chunks of
+// chunk_items items (a multiple of 8), x is restaged per (tile, chunk) and the outliers read x
+// from global memory.
+
+constexpr int kGemvWarps = 8;
+constexpr int kGemvThreads = 32 * kGemvWarps;
+constexpr int kTileRows = 16;
+constexpr int kMaxGemvTokens = 16;
+
+template <int BITS>
+constexpr int kItemUnits = BITS == 4 ? 2 : 4;  // units per item: 64 (4-bit) / 96 B per lane
+// Per-warp ring of items in shared memory: copies of the next kStages - 1 items in flight
+// while one is decoded. 2 stages and 3 blocks per SM measured best for up to 8 tokens;
+// 9..16 tokens need the shared memory for x.
+template <int NTILE>
+constexpr int kStages = 2;
+template <int NTILE>
+constexpr int kGemvMinBlocks = NTILE == 1 ? 3 : 2;
+template <int BITS>
+constexpr int kLaneQuarterBytes = BITS == 4 ? 16 : BITS == 3 ? 12 : 8;  // per unit and row
+// One ring stage of a warp: [unit][row half][lane][16 or 8 bytes] (+ 3-bit high words
+// [unit][row half][lane][4 bytes]): each lane copies and reads back its own quarters, and a
+// warp's loads read consecutive bytes.
+template <int BITS>
+constexpr int kStageBytes = kItemUnits<BITS> * 2 * 32 * kLaneQuarterBytes<BITS>;
+template <int BITS>
+constexpr int kLutRowBytes = 2 << BITS;  // 2^BITS fp16 entries
+
+struct GemvParams {
+  const uint8_t* indices;
+  int64_t row_bytes;
+  const uint16_t* lut;
+  const int32_t* row_ptr;  // null: no outliers
+  const int32_t* col_idx;
+  const uint16_t* values;
+  const uint16_t* x;
+  float* y;
+  int rows, cols, n_tokens;
+  int n_units;        // ceil(cols / 128)
+  int n_items;        // ceil(n_units / G)
+  int chunk_items;    // items per x chunk
+  int n_chunks;
+  int n_tiles;        // ceil(rows / 16)
+  int x_tok_stride;   // bytes between tokens in x_s
+  int xs_bytes;       // bytes of x_s
+  bool x_vec;         // x 16-byte aligned and cols % 8 == 0: stage with 16-byte loads
+};
+
+// Shared memory of the GEMV kernel after x_s: partial tiles, outlier sums, LUT rows, row pointers.
+template <int NTILE>
+struct alignas(16) GemvShared {
+  float red[2][kGemvWarps][kTileRows][8 * NTILE];  // [tile parity][warp][row][token]
+  float outl[2][kTileRows][8 * NTILE];
+  uint8_t lut[2][kTileRows * 32];
+  int32_t rp[2][kTileRows + 4];
+};
+
+// Offset in halves of column col (relative to the staged chunk) in x_s for token 0.
+template <int BITS>
+SQZ_HD int xs_offset(int col) {
+  const int u = col >> 7, q = (col >> 5) & 3, o = col & 31;
+  int m, k;
+  if (BITS == 4) {
+    m = o >> 2, k = o & 3;
+  } else {  // decode order within 16 columns: 0 2 4 6 | 8 .. 14 | 1 3 5 7 | 9 .. 15
+    const int r = o & 15;
+    m = 4 * (o >> 4) + (r >> 3) + 2 * (r & 1), k = (r & 7) >> 1;
+  }
+  return ((u * 8 + m) * 4 + q) * 4 + k;
+}
+
+// Stages columns [c0, c0 + chunk_items * G * 128) of x, zero beyond cols, into x_s.
+template <int BITS>
+__device__ void gemv_stage_x(const GemvParams& p, uint8_t* xs, int chunk) {
+  constexpr int G = kItemUnits<BITS>;
+  const int n_groups = p.chunk_items * G * 8;  // 16-column groups per token
+  const int c0 = chunk * p.chunk_items * G * 128;
+  for (int i = threadIdx.x; i < p.n_tokens * n_groups; i += kGemvThreads) {
+    const int tok = i / n_groups, q = i - tok * n_groups, col = c0 + 16 * q;
+    const uint16_t* src = p.x + int64_t(tok) * p.cols + col;
+    uint32_t v[8];
+    if (p.x_vec) {  // cols % 8 == 0: each 8-column half is all in or all out
+      const uint4 a = col < p.cols ? *reinterpret_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
+      const uint4 b = col + 8 < p.cols ? *reinterpret_cast<const uint4*>(src + 8) : make_uint4(0, 0, 0, 0);
+      v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    } else {
+#pragma unroll
+      for (int k = 0; k < 8; k++) {
+        const uint32_t lo = col + 2 * k < p.cols ? src[2 * k] : 0u;
+        const uint32_t hi = col + 2 * k + 1 < p.cols ? src[2 * k + 1] : 0u;
+        v[k] = lo | hi << 16;
+      }
+    }
+    // q -> (unit, quarter t, half h); groups m = 4h..4h+3 of quarter t
+    const int u = q >> 3, t = (q >> 1) & 3, h = q & 1;
+    uint2* dst = reinterpret_cast<uint2*>(xs + tok * p.x_tok_stride + u * 256 + h * 128 + t * 8);
+    if constexpr (BITS == 4) {
+#pragma unroll
+      for (int j = 0; j < 4; j++) dst[4 * j] = make_uint2(v[2 * j], v[2 * j + 1]);
+    } else {
+      dst[0] = make_uint2(prmt(v[0], v[1], 0x5410), prmt(v[2], v[3], 0x5410));   // 0 2 4 6
+      dst[4] = make_uint2(prmt(v[4], v[5], 0x5410), prmt(v[6], v[7], 0x5410));   // 8 ... 14
+      dst[8] = make_uint2(prmt(v[0], v[1], 0x7632), prmt(v[2], v[3], 0x7632));   // 1 3 5 7
+      dst[12] = make_uint2(prmt(v[4], v[5], 0x7632), prmt(v[6], v[7], 0x7632));  // 9 ... 15
+    }
+  }
+}
+
+// A tile's LUT rows and row pointers (rows past the end clamped), loaded by warp 0 into
+// registers at the start of the previous tile and stored to shared memory at its end.
+template <int BITS>
+struct TileMeta {
+  static constexpr int kChunks = kTileRows * kLutRowBytes<BITS> / 8, kPerLane = (kChunks + 31) / 32;
+  uint2 lut[kPerLane];
+  int32_t rp;
+};
+
+template <int BITS>
+__device__ __forceinline__ TileMeta<BITS> gemv_load_meta(const GemvParams& p, int tile) {
+  constexpr int kPerRow = kLutRowBytes<BITS> / 8;
+  const int lane = threadIdx.x & 31;
+  TileMeta<BITS> m;
+#pragma unroll
+  for (int j = 0; j < TileMeta<BITS>::kPerLane; j++) {
+    const int i = lane + 32 * j, r = min(tile * kTileRows + i / kPerRow, p.rows - 1);
+    m.lut[j] = i < TileMeta<BITS>::kChunks
+                   ? __ldg(reinterpret_cast<const uint2*>(p.lut) + int64_t(r) * kPerRow + i % kPerRow)
+                   : make_uint2(0, 0);
+  }
+  m.rp = p.row_ptr && lane <= kTileRows ? __ldg(p.row_ptr + min(tile * kTileRows + lane, p.rows)) : 0;
+  return m;
+}
+
+template <int BITS, int NTILE>
+__device__ __forceinline__ void gemv_store_meta(const TileMeta<BITS>& m, GemvShared<NTILE>& sh, int buf) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int j = 0; j < TileMeta<BITS>::kPerLane; j++)
+    if (lane + 32 * j < TileMeta<BITS>::kChunks) reinterpret_cast<uint2*>(sh.lut[buf])[lane + 32 * j] = m.lut[j];
+  if (lane <= kTileRows) sh.rp[buf][lane] = m.rp;
+}
+
+// One round of warp_transpose_sum: lanes with bit OFF set keep the upper HALF values, the
+// others the lower, each adding its partner's copy.
+template <int N, int HALF, int OFF>
+__device__ __forceinline__ void transpose_round(float (&v)[N], int lane) {
+  const bool hi = lane & OFF;
+#pragma unroll
+  for (int i = 0; i < HALF; i++) {
+    const float send = hi ? v[i] : v[i + HALF], keep = hi ? v[i + HALF] : v[i];
+    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, OFF);
+  }
+  if constexpr (HALF > 1) transpose_round<N, HALF / 2, OFF / 2>(v, lane);
+}
+// N (8 or 16) per-lane values -> lane l holds the warp sum of value warp_transpose_index(l):
+// N - 1 + log2(32 / N) shuffles instead of 5 N.
+template <int N>
+__device__ __forceinline__ float warp_transpose_sum(float (&v)[N], int lane) {
+  transpose_round<N, N / 2, 16>(v, lane);
+#pragma unroll
+  for (int off = 16 / N; off >= 1; off >>= 1) v[0] += __shfl_xor_sync(0xffffffffu, v[0], off);
+  return v[0];
+}
+// The token whose sum lane holds after warp_transpose_sum<N>, or -1 for a duplicate lane.
+template <int N>
+__device__ __forceinline__ int warp_transpose_index(int lane) {
+  if (lane & (16 / N - 1)) return -1;
+  int idx = 0;
+#pragma unroll
+  for (int r = 0; (N >> (r + 1)) >= 1; r++) idx += (lane & (16 >> r)) ? N >> (r + 1) : 0;
+  return idx;
+}
+
+template <int BITS, int NTILE>
+__global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_kernel(const GemvParams p) {
+  constexpr int G = kItemUnits<BITS>, QW = kQuarterWords<BITS>, NT8 = 8 * NTILE;
+  constexpr int kUnitBytes = 16 * BITS;
+  // Shared memory: x_s [xs_bytes] | GemvShared | each warp's ring of kStages items.
+  extern __shared__ __align__(16) uint8_t smem[];
+  uint8_t* xs = smem;
+  GemvShared<NTILE>& sh = *reinterpret_cast<GemvShared<NTILE>*>(smem + p.xs_bytes);
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int my_tiles = (p.n_tiles - int(blockIdx.x) + int(gridDim.x) - 1) / int(gridDim.x);
+  const bool has_outliers = p.row_ptr != nullptr;
+
+  // This lane's B-fragment rows of x_s: token nt * 8 + g (clamped; columns >= n_tokens of D
+  // are never stored), quarter t.
+  int xs_lane[NTILE];
+#pragma unroll
+  for (int nt = 0; nt < NTILE; nt++)
+    xs_lane[nt] = min(nt * 8 + g, p.n_tokens - 1) * p.x_tok_stride + t * 8;
+
+  // The warp's items, in order: tile k, items warp, warp + 8, ... Each lane copies its own
+  // index words (rows g, g + 8, quarter t) of the next items into the warp's ring with
+  // cp.async and reads them back itself. Rows past the end are clamped (their sums are
+  // discarded); units past the end are zero-filled (index 0, against x = 0).
+  const int n_mine = warp < p.n_items ? (p.n_items - warp + kGemvWarps - 1) / kGemvWarps : 0;
+  uint8_t* ring = smem + p.xs_bytes + sizeof(GemvShared<NTILE>) + warp * kStages<NTILE> * kStageBytes<BITS>;
+  // Fetch cursor: the next item to copy, its tile's two row pointers (at this lane's quarter).
+  int f_left = n_mine * my_tiles, f_item = warp, f_tile = blockIdx.x;
+  const uint8_t* f_row[2];
+  auto f_rows = [&]() {
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++)
+      f_row[hr] = p.indices + min(f_tile * kTileRows + g + 8 * hr, p.rows - 1) * p.row_bytes + (BITS == 4 ? 16 : 8) * t;
+  };
+  f_rows();
+  auto fetch = [&](int stage) {
+    if (f_left <= 0) return;
+    uint8_t* dst = ring + stage * kStageBytes<BITS> + lane * (BITS == 4 ? 16 : 8);
+    const int valid = p.n_units - f_item * G;  // units of this item inside the row
+    const int64_t off = int64_t(f_item) * G * kUnitBytes;
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+      const uint8_t* src = f_row[hr] + off;
+#pragma unroll
+      for (int u = 0; u < G; u++) {
+        const bool ok = u < valid;
+        const uint8_t* su = ok ? src + u * kUnitBytes : f_row[hr];
+        const int slot = (u * 2 + hr) * 32;
+        if constexpr (BITS == 4) {
+          cp_async_16(dst + slot * 16, su, ok ? 16 : 0);
+        } else {
+          cp_async_8z(dst + slot * 8, su, ok ? 8 : 0);
+          if constexpr (BITS == 3)
+            cp_async_4z(dst - lane * 4 + G * 2 * 32 * 8 + slot * 4, su + 32 - 4 * t, ok ? 4 : 0);
+        }
+      }
+    }
+    f_left--;
+    f_item += kGemvWarps;
+    if (f_item >= p.n_items) {
+      f_item = warp, f_tile += gridDim.x;
+      f_rows();
+    }
+  };
+  auto read_quarter = [&](int stage, int u, int hr, uint32_t (&w)[QW]) {
+    const uint8_t* src = ring + stage * kStageBytes<BITS>;
+    const int slot = (u * 2 + hr) * 32 + lane;
+    if constexpr (BITS == 4) {
+      const uint4 v = *reinterpret_cast<const uint4*>(src + slot * 16);
+      w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+    } else {
+      const uint2 v = *reinterpret_cast<const uint2*>(src + slot * 8);
+      w[0] = v.x, w[1] = v.y;
+      if constexpr (BITS == 3) w[2] = *reinterpret_cast<const uint32_t*>(src + G * 2 * 32 * 8 + slot * 4);
+    }
+  };
+
+#pragma unroll
+  for (int j = 0; j < kStages<NTILE> - 1; j++) {
+    fetch(j);
+    cp_async_commit();
+  }
+  TileMeta<BITS> meta;
+  if (warp == 0) gemv_store_meta<BITS, NTILE>(gemv_load_meta<BITS>(p, blockIdx.x), sh, 0);
+  if (p.n_chunks == 1) gemv_stage_x<BITS>(p, xs, 0);
+  __syncthreads();
+
+  int stage = 0;  // ring stage of the warp's next item
+  for (int k = 0; k < my_tiles; k++) {
+    const int tile = blockIdx.x + k * gridDim.x, par = k & 1;
+    if (warp == 0 && k + 1 < my_tiles) meta = gemv_load_meta<BITS>(p, tile + gridDim.x);
+    LutPlanes<BITS> lut0, lut1;
+    {
+      const uint32_t* e0 = reinterpret_cast<const uint32_t*>(sh.lut[par] + g * kLutRowBytes<BITS>);
+      const uint32_t* e1 = reinterpret_cast<const uint32_t*>(sh.lut[par] + (g + 8) * kLutRowBytes<BITS>);
+#pragma unroll
+      for (int j = 0; j < kLutPlanes<BITS>; j++) {
+        lut0.lo[j] = prmt(e0[2 * j], e0[2 * j + 1], 0x6420), lut0.hi[j] = prmt(e0[2 * j], e0[2 * j + 1], 0x7531);
+        lut1.lo[j] = prmt(e1[2 * j], e1[2 * j + 1], 0x6420), lut1.hi[j] = prmt(e1[2 * j], e1[2 * j + 1], 0x7531);
+      }
+    }
+    // The first 32 CSR entries of this warp's rows (warp, warp + 8), applied after the items.
+    int o_col[2];
+    uint16_t o_val[2];
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+      const int kk = has_outliers ? sh.rp[par][warp + 8 * rr] + lane : 0;
+      const bool ok = has_outliers && kk < sh.rp[par][warp + 8 * rr + 1];
+      o_col[rr] = ok ? __ldg(p.col_idx + kk) : 0;
+      o_val[rr] = ok ? __ldg(p.values + kk) : uint16_t(0);
+    }
+
+    float acc[2][NTILE][4];
+#pragma unroll
+    for (int a = 0; a < 2; a++)
+#pragma unroll
+      for (int nt = 0; nt < NTILE; nt++) acc[a][nt][0] = acc[a][nt][1] = acc[a][nt][2] = acc[a][nt][3] = 0.0f;
+
+    for (int c = 0; c < p.n_chunks; c++) {
+      const int item0 = c * p.chunk_items, item1 = min(item0 + p.chunk_items, p.n_items);
+      if (p.n_chunks > 1) {
+        __syncthreads();  // everyone is done with the previous chunk
+        gemv_stage_x<BITS>(p, xs, c);
+        __syncthreads();
+      }
+      for (int item = item0 + warp; item < item1; item += kGemvWarps) {
+        // Refill the stage read by the previous item, then wait for this item's copies.
+        fetch(stage == 0 ? kStages<NTILE> - 1 : stage - 1);
+        cp_async_commit();
+        cp_async_wait<kStages<NTILE> - 1>();
+        const int xs_item = (item - item0) * G * 256;
+#pragma unroll
+        for (int u = 0; u < G; u++) {
+          uint32_t w0[QW], w1[QW], p0[16], p1[16];
+          read_quarter(stage, u, 0, w0);
+          read_quarter(stage, u, 1, w1);
+          decode_quarter<BITS>(w0, lut0, p0);
+          decode_quarter<BITS>(w1, lut1, p1);
+#pragma unroll
+          for (int m = 0; m < 8; m++) {
+#pragma unroll
+            for (int nt = 0; nt < NTILE; nt++) {
+              const uint2 b = *reinterpret_cast<const uint2*>(xs + xs_lane[nt] + xs_item + u * 256 + m * 32);
+              mma_16816(acc[u & 1][nt], p0[2 * m], p1[2 * m], p0[2 * m + 1], p1[2 * m + 1], b.x, b.y);
+            }
+          }
+        }
+        stage = stage + 1 == kStages<NTILE> ? 0 : stage + 1;
+      }
+    }
+
+    // Outliers of rows warp, warp + 8: lanes over entries, every token, then one sum per token.
+    const int tok_stride_h = p.x_tok_stride / 2;
+    const uint16_t* xs_h = reinterpret_cast<const uint16_t*>(xs);
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+      const int rl = warp + 8 * rr;
+      float s[NT8];
+#pragma unroll
+      for (int i = 0; i < NT8; i++) s[i] = 0.0f;
+      if (has_outliers) {
+        const int k0 = sh.rp[par][rl], k1 = sh.rp[par][rl + 1];
+        auto add = [&](int col, float v) {
+#pragma unroll
+          for (int i = 0; i < NT8; i++)
+            if (i < p.n_tokens)
+              s[i] += v * h2f(p.n_chunks == 1 ? xs_h[i * tok_stride_h + xs_offset<BITS>(col)]
+                                               : __ldg(p.x + int64_t(i) * p.cols + col));
+        };
+        if (k0 + lane < k1) add(o_col[rr], h2f(o_val[rr]));
+        for (int kk = k0 + 32 + lane; kk < k1; kk += 32) add(__ldg(p.col_idx + kk), h2f(__ldg(p.values + kk)));
+      }
+      if (NT8 == 8 && p.n_tokens == 1) {
+#pragma unroll
+        for (int off = 16; off >= 1; off >>= 1) s[0] += __shfl_xor_sync(0xffffffffu, s[0], off);
+        if (lane == 0) sh.outl[par][rl][0] = s[0];
+      } else {
+        const float v = warp_transpose_sum<NT8>(s, lane);
+        const int tok = warp_transpose_index<NT8>(lane);
+        if (tok >= 0 && tok < p.n_tokens) sh.outl[par][rl][tok] = v;
+      }
+    }
+
+    // Sum the warps' partial tiles (fixed order), add the outliers, store.
+#pragma unroll
+    for (int nt = 0; nt < NTILE; nt++) {
+      *reinterpret_cast<float2*>(&sh.red[par][warp][g][nt * 8 + 2 * t]) =
+          make_float2(acc[0][nt][0] + acc[1][nt][0], acc[0][nt][1] + acc[1][nt][1]);
+      *reinterpret_cast<float2*>(&sh.red[par][warp][g + 8][nt * 8 + 2 * t]) =
+          make_float2(acc[0][nt][2] + acc[1][nt][2], acc[0][nt][3] + acc[1][nt][3]);
+    }
+    if (warp == 0 && k + 1 < my_tiles) gemv_store_meta<BITS, NTILE>(meta, sh, par ^ 1);
+    __syncthreads();
+    if (int(threadIdx.x) < kTileRows * p.n_tokens) {
+      const int rl = threadIdx.x & 15, tok = threadIdx.x >> 4, r = tile * kTileRows + rl;
+      float s = sh.outl[par][rl][tok];
+#pragma unroll
+      for (int w = 0; w < kGemvWarps; w++) s += sh.red[par][w][rl][tok];
+      if (r < p.rows) p.y[int64_t(tok) * p.rows + r] = s;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// GEMM kernel, n_tokens > 16
+//
+// Block tile BM rows x BN tokens, 8 warps as (BM / 16MT) x (BN / 8NT), warp tile 16MT x 8NT.
+// K step = one 128-column unit. Per step: thread (row, quarters) decodes its BM/64 quarters of
+// one row to natural-order fp16 in W_s, x [BN tokens][128 columns] arrives by cp.async into
+// x_s (both double-buffered, rows padded to 272 bytes so ldmatrix is conflict-free), and the
+// warps run 8 k16 steps of ldmatrix + mma.sync. The index words of step k+1 are loaded before
+// the mma of step k and decoded in the middle of it (so the decode's integer work overlaps
+// the tensor cores).
+// Outliers: each lane owns the D fragments of 2MT rows x 2NT tokens and walks the CSR entries
+// of its rows with one cursor per row (next entry prefetched); in step k it applies the
+// entries with column in [128k, 128k+128) with x from x_s. CSR columns normally ascend within
+// a row; an entry that comes after a larger column is applied late, with x read from global
+// memory, so any order is correct. (This per-lane walk diverges across the 8 rows of a warp
+// and is the slow part of this kernel: see kernels/NOTES_lut_gemv.md.)
+
+constexpr int kGemmThreads = 256;
+constexpr int kLds = 136;  // shared row stride in halves (272 bytes)
+
+struct GemmParams {
+  const uint8_t* indices;
+  int64_t row_bytes;
+  const uint16_t* lut;
+  const int32_t* row_ptr;  // null: no outliers
+  const int32_t* col_idx;
+  const uint16_t* values;
+  const uint16_t* x;
+  float* y;
+  int rows, cols, n_tokens, n_units;
+  bool x_vec;
+};
+
+template <int BM, int BN>
+constexpr size_t gemm_smem_bytes() {
+  return size_t(2 * (BM + BN) * kLds) * sizeof(uint16_t);
+}
+
+template <int BITS, int BM, int BN, int MT, int NT>
+__global__ void __launch_bounds__(kGemmThreads, 1) lut_gemm_kernel(const GemmParams p) {
+  constexpr int WN = BN / (8 * NT);  // warps along tokens
+  static_assert((BM / (16 * MT)) * WN == 8 && NT % 2 == 0, "8 warps, ldmatrix.x4 pairs of n-tiles");
+  constexpr int QPT = BM / 64;  // quarters decoded per thread per step
+  constexpr int QW = kQuarterWords<BITS>, kUnitBytes = 16 * BITS;
+  extern __shared__ __align__(16) uint8_t smem[];
+  uint16_t* ws = reinterpret_cast<uint16_t*>(smem);  // [2][BM][kLds]
+  uint16_t* xs = ws + 2 * BM * kLds;                  // [2][BN][kLds]
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+  const int wm = warp / WN, wn = warp % WN;
+  const int row0 = blockIdx.x * BM, tok0 = blockIdx.y * BN;
+  const bool has_outliers = p.row_ptr != nullptr;
+
+  // Decoder job: one row, QPT consecutive quarters.
+  const int d_row = tid / (4 / QPT), d_q0 = (tid % (4 / QPT)) * QPT;
+  const int d_r = min(row0 + d_row, p.rows - 1);
+  const LutPlanes<BITS> lut = load_lut<BITS>(p.lut, d_r);
+  const uint8_t* d_src = p.indices + d_r * p.row_bytes;
+  // Index words two steps ahead: raw_a / raw_b alternate (the step loop is unrolled by 2).
+  uint32_t raw_a[QPT][QW], raw_b[QPT][QW];
+  auto load_raw = [&](int unit, uint32_t (&raw)[QPT][QW]) {
+#pragma unroll
+    for (int q = 0; q < QPT; q++) load_quarter<BITS>(d_src + unit * kUnitBytes, d_q0 + q, raw[q]);
+  };
+  auto decode_store = [&](int buf, int q, const uint32_t (&raw)[QPT][QW]) {
+    uint32_t pr[16];
+    decode_quarter<BITS>(raw[q], lut, pr);
+    to_natural_order<BITS>(pr);
+    uint4* dst = reinterpret_cast<uint4*>(ws + (buf * BM + d_row) * kLds + 32 * (d_q0 + q));
+#pragma unroll
+    for (int k = 0; k < 4; k++) dst[k] = make_uint4(pr[4 * k], pr[4 * k + 1], pr[4 * k + 2], pr[4 * k + 3]);
+  };
+  // x[tok0 .. tok0+BN)[128 unit .. +128) -> x_s[buf], zeros outside x.
+  auto load_x = [&](int unit, int buf) {
+    const int col_base = unit * 128;
+    for (int i = tid; i < BN * 16; i += kGemmThreads) {
+      const int tl = i >> 4, ch = i & 15, tok = tok0 + tl, col = col_base + 8 * ch;
+      uint16_t* dst = xs + (buf * BN + tl) * kLds + 8 * ch;
+      const uint16_t* src = p.x + int64_t(tok) * p.cols + col;
+      if (p.x_vec) {
+        const bool ok = tok < p.n_tokens && col < p.cols;
+        cp_async_16(dst, ok ? src : p.x, ok ? 16 : 0);
+      } else {
+        uint32_t v[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+          const uint32_t lo = tok < p.n_tokens && col + 2 * k < p.cols ? src[2 * k] : 0u;
+          const uint32_t hi = tok < p.n_tokens && col + 2 * k + 1 < p.cols ? src[2 * k + 1] : 0u;
+          v[k] = lo | hi << 16;
+        }
+        *reinterpret_cast<uint4*>(dst) = make_uint4(v[0], v[1], v[2], v[3]);
+      }
+    }
+  };
+
+  float acc[MT][NT][4];
+#pragma unroll
+  for (int i = 0; i < MT; i++)
+#pragma unroll
+    for (int j = 0; j < NT; j++) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.0f;
+
+  // Outlier cursors of this lane's rows: slot s = (m-tile s/2, row g + 8 (s%2)); the column
+  // and value of the next entry are loaded one entry ahead.
+  int o_ptr[2 * MT], o_end[2 * MT], o_col[2 * MT];
+  uint16_t o_val[2 * MT];
+#pragma unroll
+  for (int s = 0; s < 2 * MT; s++) {
+    const int r = row0 + wm * 16 * MT + 16 * (s / 2) + g + 8 * (s % 2);
+    o_ptr[s] = o_end[s] = 0;
+    if (has_outliers && r < p.rows) o_ptr[s] = __ldg(p.row_ptr + r), o_end[s] = __ldg(p.row_ptr + r + 1);
+    const bool ok = o_ptr[s] < o_end[s];
+    o_col[s] = ok ? __ldg(p.col_idx + o_ptr[s]) : INT_MAX;
+    o_val[s] = ok ? __ldg(p.values + o_ptr[s]) : uint16_t(0);
+  }
+
+  load_raw(0, raw_a);
+  load_x(0, 0);
+  cp_async_commit();
+#pragma unroll
+  for (int q = 0; q < QPT; q++) decode_store(0, q, raw_a);
+  if (p.n_units > 1) load_raw(1, raw_a);
+
+  // Step kt: raw_next holds the index words of step kt + 1 (decoded during this step's mma
+  // into W_s[buf ^ 1]); raw_after receives those of step kt + 2.
+  auto step = [&](int kt, const uint32_t (&raw_next)[QPT][QW], uint32_t (&raw_after)[QPT][QW]) {
+    const int buf = kt & 1;
+    const bool more = kt + 1 < p.n_units;
+    if (kt + 2 < p.n_units) load_raw(kt + 2, raw_after);
+    cp_async_wait_all();
+    __syncthreads();  // W_s[buf], x_s[buf] complete; everyone is done with buf ^ 1
+    if (more) {
+      load_x(kt + 1, buf ^ 1);
+      cp_async_commit();
+    }
+    const uint16_t* wsb = ws + buf * BM * kLds;
+    const uint16_t* xsb = xs + buf * BN * kLds;
+#pragma unroll
+    for (int ks = 0; ks < 8; ks++) {
+      uint32_t a[MT][4], b[NT][2];
+#pragma unroll
+      for (int i = 0; i < MT; i++)
+        ldmatrix_x4(a[i], wsb + (wm * 16 * MT + 16 * i + (lane & 15)) * kLds + ks * 16 + (lane >> 4) * 8);
+#pragma unroll
+      for (int j = 0; j < NT; j += 2) {
+        uint32_t r[4];
+        ldmatrix_x4(r, xsb + (wn * 8 * NT + 8 * j + (lane & 7) + ((lane >> 4) << 3)) * kLds + ks * 16 +
+                           ((lane >> 3) & 1) * 8);
+        b[j][0] = r[0], b[j][1] = r[1], b[j + 1][0] = r[2], b[j + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int i = 0; i < MT; i++)
+#pragma unroll
+        for (int j = 0; j < NT; j++) mma_16816(acc[i][j], a[i][0], a[i][1], a[i][2], a[i][3], b[j][0], b[j][1]);
+      // The next step's W tile, decoded between the mma steps.
+      if (more && ks == 8 - 2 * QPT + 1) decode_store(buf ^ 1, 0, raw_next);
+      if constexpr (QPT == 2)
+        if (more && ks == 7) decode_store(buf ^ 1, 1, raw_next);
+    }
+    if (has_outliers) {  // this lane's rows' entries in columns [k0, k1), x from x_s
+      const int k0 = kt * 128, k1 = k0 + 128;
+#pragma unroll
+      for (int s = 0; s < 2 * MT; s++) {
+        while (o_col[s] < k1) {
+          const int c = o_col[s];
+          const float v = h2f(o_val[s]);
+          o_ptr[s]++;
+          const bool ok = o_ptr[s] < o_end[s];
+          o_col[s] = ok ? __ldg(p.col_idx + o_ptr[s]) : INT_MAX;
+          o_val[s] = ok ? __ldg(p.values + o_ptr[s]) : uint16_t(0);
+#pragma unroll
+          for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+              const int tl = wn * 8 * NT + 8 * j + 2 * t + e;
+              float xv;
+              if (c >= k0) {
+                xv = h2f(xsb[tl * kLds + (c - k0)]);
+              } else {  // out-of-order entry: its window has passed
+                xv = tok0 + tl < p.n_tokens ? h2f(p.x[int64_t(tok0 + tl) * p.cols + c]) : 0.0f;
+              }
+              acc[s / 2][j][2 * (s % 2) + e] += v * xv;
+            }
+        }
+      }
+    }
+  };
+  for (int kt = 0; kt < p.n_units; kt += 2) {
+    step(kt, raw_a, raw_b);
+    if (kt + 1 < p.n_units) step(kt + 1, raw_b, raw_a);
+  }
+
+#pragma unroll
+  for (int i = 0; i < MT; i++)
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+      const int r = row0 + wm * 16 * MT + 16 * i + g + 8 * hh;
+      if (r >= p.rows) continue;
+#pragma unroll
+      for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+          const int tok = tok0 + wn * 8 * NT + 8 * j + 2 * t + e;
+          if (tok < p.n_tokens) p.y[int64_t(tok) * p.rows + r] = acc[i][j][2 * hh + e];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Host side
+
+struct DeviceInfo {
+  int n_sms = 0, smem_optin = 0;
+};
+
+std::mutex g_init_mutex;
+uint64_t g_init_done = 0;  // bit d: device d initialised
+DeviceInfo g_devices[64];
+
+template <typename Kernel>
+void allow_smem(Kernel kernel, int bytes) {
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+}
+
+template <int BITS>
+void init_bits(int smem) {
+  allow_smem(lut_gemv_kernel<BITS, 1>, smem);
+  allow_smem(lut_gemv_kernel<BITS, 2>, smem);
+  allow_smem(lut_gemm_kernel<BITS, 128, 128, 4, 4>, smem);
+  allow_smem(lut_gemm_kernel<BITS, 64, 64, 2, 2>, smem);
+}
+
+const DeviceInfo& device_info() {
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 0 || dev >= 64) throw std::runtime_error("lut_gemm_cuda: device index out of range");
+  std::lock_guard<std::mutex> lock(g_init_mutex);
+  if (!(g_init_done >> dev & 1)) {
+    DeviceInfo& d = g_devices[dev];
+    CUDA_CHECK(cudaDeviceGetAttribute(&d.n_sms, cudaDevAttrMultiProcessorCount, dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    init_bits<2>(d.smem_optin);
+    init_bits<3>(d.smem_optin);
+    init_bits<4>(d.smem_optin);
+    g_init_done |= uint64_t(1) << dev;
+  }
+  return g_devices[dev];
+}
+
+template <typename Kernel>
+int blocks_per_sm(Kernel kernel, int threads, size_t smem) {
+  int n = 0;
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem));
+  return std::max(n, 1);
+}
+
+
+template <int BITS, int NTILE>
+void launch_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
+                 cudaStream_t stream, const DeviceInfo& dev) {
+  constexpr int G = kItemUnits<BITS>;
+  GemvParams p{};
+  p.indices = w.indices, p.row_bytes = w.row_bytes, p.lut = w.lut;
+  p.row_ptr = w.nnz > 0 ? w.row_ptr : nullptr, p.col_idx = w.col_idx, p.values = w.values;
+  p.x = x, p.y = y, p.rows = w.rows, p.cols = w.cols, p.n_tokens = n_tokens;
+  p.n_units = (w.cols + kUnitCols - 1) / kUnitCols;
+  p.n_items = (p.n_units + G - 1) / G;
+  p.n_tiles = (w.rows + kTileRows - 1) / kTileRows;
+  p.x_vec = w.cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+
+  const int fixed = int(sizeof(GemvShared<NTILE>)) + kGemvWarps * kStages<NTILE> * kStageBytes<BITS>;
+  const int item_bytes = G * kUnitCols * 2;  // x_s bytes per token per item
+  auto xs_bytes = [&](int items) { return n_tokens * (items * item_bytes + 32); };
+  p.chunk_items = p.n_items;
+  if (xs_bytes(p.n_items) + fixed > dev.smem_optin) {
+    // Chunks: a multiple of the warp count so that every chunk starts at item w for warp w.
+    int items = ((dev.smem_optin - fixed) / n_tokens - 32) / item_bytes;
+    items = std::max(kGemvWarps, items / kGemvWarps * kGemvWarps);
+    if (items < p.n_items) p.chunk_items = items;
+  }
+  p.n_chunks = (p.n_items + p.chunk_items - 1) / p.chunk_items;
+  p.x_tok_stride = p.chunk_items * item_bytes + 32;  // == 32 mod 128: conflict-free B loads
+  p.xs_bytes = (xs_bytes(p.chunk_items) + 15) / 16 * 16;
+  const size_t smem = size_t(p.xs_bytes) + fixed;
+  if (smem > size_t(dev.smem_optin))
+    throw std::runtime_error("lut_gemm_cuda: x does not fit in shared memory (" +
+                             std::to_string(smem) + " bytes)");
+
+  auto kernel = lut_gemv_kernel<BITS, NTILE>;
+  const int grid = std::min(p.n_tiles, dev.n_sms * blocks_per_sm(kernel, kGemvThreads, smem));
+  kernel<<<grid, kGemvThreads, smem, stream>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <int BITS, int BM, int BN, int MT, int NT>
+void launch_gemm_tile(const GemmParams& p, cudaStream_t stream) {
+  const size_t smem = gemm_smem_bytes<BM, BN>();
+  const dim3 grid((p.rows + BM - 1) / BM, (p.n_tokens + BN - 1) / BN);
+  if (grid.y > 65535) throw std::runtime_error("lut_gemm_cuda: too many tokens");
+  lut_gemm_kernel<BITS, BM, BN, MT, NT><<<grid, kGemmThreads, smem, stream>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <int BITS>
+void launch_gemm(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
+                 cudaStream_t stream, const DeviceInfo& dev) {
+  GemmParams p{};
+  p.indices = w.indices, p.row_bytes = w.row_bytes, p.lut = w.lut;
+  p.row_ptr = w.nnz > 0 ? w.row_ptr : nullptr, p.col_idx = w.col_idx, p.values = w.values;
+  p.x = x, p.y = y, p.rows = w.rows, p.cols = w.cols, p.n_tokens = n_tokens;
+  p.n_units = (w.cols + kUnitCols - 1) / kUnitCols;
+  p.x_vec = w.cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  // 128 x 128 tiles when they make nearly a wave, else 64 x 64.
+  const int64_t big_blocks = int64_t((w.rows + 127) / 128) * ((n_tokens + 127) / 128);
+  if (big_blocks * 4 >= int64_t(dev.n_sms) * 3)
+    launch_gemm_tile<BITS, 128, 128, 4, 4>(p, stream);
+  else
+    launch_gemm_tile<BITS, 64, 64, 2, 2>(p, stream);
+}
+
+template <int BITS>
+void launch_bits(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
+                 cudaStream_t stream, const DeviceInfo& dev) {
+  if (n_tokens <= 8)
+    launch_gemv<BITS, 1>(w, x, n_tokens, y, stream, dev);
+  else if (n_tokens <= kMaxGemvTokens)
+    launch_gemv<BITS, 2>(w, x, n_tokens, y, stream, dev);
+  else
+    launch_gemm<BITS>(w, x, n_tokens, y, stream, dev);
+}
+
+}  // namespace
+
+void lut_gemm_cuda_init() { device_info(); }
+
+void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
+                   cudaStream_t stream) {
+  if (w.bits < 2 || w.bits > 4)
+    throw std::invalid_argument("lut_gemm_cuda: bits must be 2, 3 or 4, got " + std::to_string(w.bits));
+  if (w.rows < 0 || w.cols <= 0 || n_tokens < 0)
+    throw std::invalid_argument("lut_gemm_cuda: bad shape rows " + std::to_string(w.rows) + " cols " +
+                                std::to_string(w.cols) + " tokens " + std::to_string(n_tokens));
+  if (w.row_bytes != packed_row_bytes(w.cols, w.bits))
+    throw std::invalid_argument("lut_gemm_cuda: row_bytes " + std::to_string(w.row_bytes) +
+                                " != packed_row_bytes " + std::to_string(packed_row_bytes(w.cols, w.bits)));
+  if (reinterpret_cast<uintptr_t>(w.indices) % 16 != 0 || reinterpret_cast<uintptr_t>(w.lut) % 8 != 0)
+    throw std::invalid_argument("lut_gemm_cuda: indices must be 16-byte and lut 8-byte aligned");
+  if (w.nnz > 0 && (!w.row_ptr || !w.col_idx || !w.values))
+    throw std::invalid_argument("lut_gemm_cuda: nnz > 0 without CSR arrays");
+  const DeviceInfo& dev = device_info();
+  if (n_tokens == 0 || w.rows == 0) return;
+  switch (w.bits) {
+    case 2: launch_bits<2>(w, x, n_tokens, y, stream, dev); break;
+    case 3: launch_bits<3>(w, x, n_tokens, y, stream, dev); break;
+    default: launch_bits<4>(w, x, n_tokens, y, stream, dev); break;
+  }
+}
+
+}  // namespace sqz

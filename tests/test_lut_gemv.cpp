@@ -1,0 +1,374 @@
+// lut_gemm_cuda (kernels/lut_gemv.cu) against the CPU lut_gemm (kernels/lut_gemv.cpp) on the
+// same random packed matrices and the same fp16-rounded activations: bits 2/3/4, odd shapes
+// (rows and columns not multiples of 16 or 128), 0, 1 and many outliers per row and a row
+// whose every column is an outlier, unsorted CSR columns, token counts that hit every kernel
+// path (GEMV 1..8, 9..16, tensor-core GEMM > 16 with both tile sizes), CUDA graph capture.
+// y is poisoned with NaN before each launch: every element must be written.
+// Skips (does not fail) without a CUDA device.
+#include <gtest/gtest.h>
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda_common.h"
+#include "kernels/lut_gemv.h"
+#include "kernels/packed_layout.h"
+#include "kernels/parallel.h"
+#include "model/dtype.h"
+
+namespace sqz {
+namespace {
+
+// Per output, |gpu - cpu| <= kRelTol * sum_c |w[r][c] x[t][c]| + kAbsTol. Both accumulate in
+// fp32 (the GPU on tensor cores: products of fp16 LUT values / outliers and fp16 x are exact,
+// sums are fp32) in different orders; observed errors stay below 1e-6 of sum |w x|.
+constexpr double kRelTol = 1e-5;
+constexpr double kAbsTol = 1e-6;
+
+bool have_gpu() {
+  int n = 0;
+  const bool ok = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+  if (!ok) cudaGetLastError();  // clear the error of a machine without a driver
+  return ok;
+}
+
+#define SKIP_WITHOUT_GPU() \
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device"
+
+template <typename T>
+struct DeviceBuf {
+  T* p = nullptr;
+  size_t n = 0;
+  DeviceBuf() = default;
+  explicit DeviceBuf(const std::vector<T>& v) { upload(v); }
+  void upload(const std::vector<T>& v) {
+    cudaFree(p);
+    n = v.size();
+    CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(n, 1) * sizeof(T)));
+    if (n) CUDA_CHECK(cudaMemcpy(p, v.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  explicit DeviceBuf(size_t count) : n(count) { CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(n, 1) * sizeof(T))); }
+  ~DeviceBuf() { cudaFree(p); }
+  DeviceBuf(const DeviceBuf&) = delete;
+  DeviceBuf& operator=(const DeviceBuf&) = delete;
+  std::vector<T> download() const {
+    std::vector<T> v(n);
+    if (n) CUDA_CHECK(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return v;
+  }
+};
+
+enum class Outliers {
+  NONE,         // no CSR entries
+  ONE_PER_ROW,  // exactly one per row
+  MANY,         // 40 in every 5th row, 0..3 elsewhere
+  FULL_ROW,     // row rows/2 has every column, the others 0..2
+  REALISTIC,    // ~0.45% of the row at random positions
+};
+
+const char* outliers_name(Outliers o) {
+  switch (o) {
+    case Outliers::NONE: return "none";
+    case Outliers::ONE_PER_ROW: return "one";
+    case Outliers::MANY: return "many";
+    case Outliers::FULL_ROW: return "full_row";
+    default: return "realistic";
+  }
+}
+
+// A random packed matrix (host and device copies) with the given outlier pattern.
+struct TestMatrix {
+  int rows, cols, bits;
+  std::vector<uint8_t> packed;
+  std::vector<uint16_t> lut, values;
+  std::vector<int32_t> row_ptr, col_idx;
+  PackedMatrix host;
+  DeviceBuf<uint8_t> d_packed;
+  DeviceBuf<uint16_t> d_lut, d_values;
+  DeviceBuf<int32_t> d_row_ptr, d_col_idx;
+  PackedMatrix dev;
+
+  TestMatrix(int rows_, int cols_, int bits_, Outliers pattern, std::mt19937& rng, bool unsorted = false)
+      : rows(rows_), cols(cols_), bits(bits_) {
+    std::vector<uint8_t> idx(size_t(rows) * cols);
+    for (auto& v : idx) v = uint8_t(rng() % (1u << bits));
+    packed.resize(size_t(packed_row_bytes(cols, bits)) * rows);
+    pack_indices(idx.data(), rows, cols, bits, packed.data());
+    std::normal_distribution<float> nd;
+    lut.resize(size_t(rows) << bits);
+    for (auto& v : lut) v = f32_to_f16(nd(rng));
+    row_ptr.push_back(0);
+    std::vector<int> perm(cols);
+    for (int r = 0; r < rows; r++) {
+      int n = 0;
+      switch (pattern) {
+        case Outliers::NONE: n = 0; break;
+        case Outliers::ONE_PER_ROW: n = 1; break;
+        case Outliers::MANY: n = r % 5 == 0 ? 40 : int(rng() % 4); break;
+        case Outliers::FULL_ROW: n = r == rows / 2 ? cols : int(rng() % 3); break;
+        case Outliers::REALISTIC: n = int(std::poisson_distribution<int>(0.0045 * cols)(rng)); break;
+      }
+      n = std::min(n, cols);
+      for (int c = 0; c < cols; c++) perm[c] = c;
+      for (int i = 0; i < n; i++) std::swap(perm[i], perm[i + rng() % (cols - i)]);  // partial shuffle
+      std::sort(perm.begin(), perm.begin() + n);
+      if (unsorted) std::shuffle(perm.begin(), perm.begin() + n, rng);
+      for (int i = 0; i < n; i++) col_idx.push_back(perm[i]), values.push_back(f32_to_f16(nd(rng) * 4));
+      row_ptr.push_back(int32_t(col_idx.size()));
+    }
+    host.rows = rows, host.cols = cols, host.bits = bits, host.indices = packed.data();
+    host.row_bytes = packed_row_bytes(cols, bits), host.lut = lut.data();
+    host.row_ptr = row_ptr.data(), host.col_idx = col_idx.data(), host.values = values.data();
+    host.nnz = int64_t(values.size());
+    d_packed.upload(packed);
+    d_lut.upload(lut);
+    d_values.upload(values);
+    d_row_ptr.upload(row_ptr);
+    d_col_idx.upload(col_idx);
+    dev = host;
+    dev.indices = d_packed.p, dev.lut = d_lut.p, dev.row_ptr = d_row_ptr.p;
+    dev.col_idx = d_col_idx.p, dev.values = d_values.p;
+  }
+};
+
+ThreadPool& pool() {
+  static ThreadPool p(0);
+  return p;
+}
+
+// Random fp16 activations [n, cols] and their exact fp32 values.
+void random_x(int n, int cols, std::mt19937& rng, std::vector<uint16_t>& x16, std::vector<float>& x32) {
+  std::normal_distribution<float> nd;
+  x16.resize(size_t(n) * cols);
+  x32.resize(x16.size());
+  for (size_t i = 0; i < x16.size(); i++) x16[i] = f32_to_f16(nd(rng)), x32[i] = f16_to_f32(x16[i]);
+}
+
+// sum_c |W[r][c] x[t][c]| for every output, W the dense reconstruction (LUT + outliers).
+std::vector<double> abs_scale(const PackedMatrix& w, const std::vector<float>& x, int n) {
+  std::vector<double> s(size_t(n) * w.rows);
+  pool().parallel_for(w.rows, [&](int64_t r0, int64_t r1) {
+    std::vector<float> row(w.cols);
+    for (int64_t r = r0; r < r1; r++) {
+      lut_decode_row(w, int(r), row.data());
+      for (int t = 0; t < n; t++) {
+        double a = 0;
+        const float* xt = x.data() + size_t(t) * w.cols;
+        for (int c = 0; c < w.cols; c++) a += std::fabs(double(row[c]) * xt[c]);
+        s[size_t(t) * w.rows + r] = a;
+      }
+    }
+  });
+  return s;
+}
+
+// Runs lut_gemm_cuda and compares with lut_gemm; returns the largest |err| / sum|wx|.
+double check_case(TestMatrix& m, int n, std::mt19937& rng, const std::string& what) {
+  std::vector<uint16_t> x16;
+  std::vector<float> x32;
+  random_x(n, m.cols, rng, x16, x32);
+  std::vector<float> ref(size_t(n) * m.rows);
+  lut_gemm(m.host, x32.data(), n, ref.data(), pool());
+  const std::vector<double> scale = abs_scale(m.host, x32, n);
+
+  DeviceBuf<uint16_t> d_x(x16);
+  DeviceBuf<float> d_y(ref.size());
+  CUDA_CHECK(cudaMemset(d_y.p, 0xff, ref.size() * sizeof(float)));  // NaN everywhere
+  lut_gemm_cuda(m.dev, d_x.p, n, d_y.p, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<float> y = d_y.download();
+
+  int bad = 0;
+  double worst = 0;
+  for (size_t i = 0; i < y.size(); i++) {
+    const double err = std::fabs(double(y[i]) - ref[i]);
+    if (!(err <= kRelTol * scale[i] + kAbsTol)) {
+      if (bad++ < 10)
+        ADD_FAILURE() << what << ": token " << i / m.rows << " row " << i % m.rows << ": gpu " << y[i]
+                      << " cpu " << ref[i] << " (sum|wx| " << scale[i] << ")";
+    } else {
+      worst = std::max(worst, err / (scale[i] + 1e-30));
+    }
+  }
+  if (bad) ADD_FAILURE() << what << ": " << bad << " of " << y.size() << " outputs wrong";
+  return worst;
+}
+
+std::string case_name(int rows, int cols, int bits, Outliers o, int n) {
+  return std::to_string(rows) + "x" + std::to_string(cols) + " bits " + std::to_string(bits) + " outliers " +
+         outliers_name(o) + " tokens " + std::to_string(n);
+}
+
+const Outliers kPatterns[] = {Outliers::NONE, Outliers::ONE_PER_ROW, Outliers::MANY, Outliers::FULL_ROW};
+
+// First in the file: under ctest each test is its own process, so this is the very first
+// lut_gemm_cuda call of the process, made inside a (global-mode) stream capture.
+TEST(LutGemmCuda, FirstCallInsideGraphCapture) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(11);
+  TestMatrix m(100, 300, 3, Outliers::MANY, rng);
+  for (int n : {1, 9, 40}) {
+    std::vector<uint16_t> x16;
+    std::vector<float> x32;
+    random_x(n, m.cols, rng, x16, x32);
+    std::vector<float> ref(size_t(n) * m.rows);
+    lut_gemm(m.host, x32.data(), n, ref.data(), pool());
+    DeviceBuf<uint16_t> d_x(x16);
+    DeviceBuf<float> d_y(ref.size());
+    CUDA_CHECK(cudaMemset(d_y.p, 0xff, ref.size() * sizeof(float)));
+    cudaStream_t stream;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    cudaGraph_t graph = nullptr;
+    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    lut_gemm_cuda(m.dev, d_x.p, n, d_y.p, stream);
+    CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    cudaGraphExec_t exec = nullptr;
+    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    CUDA_CHECK(cudaGraphLaunch(exec, stream));  // replays are idempotent
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    const std::vector<float> y = d_y.download();
+    const std::vector<double> scale = abs_scale(m.host, x32, n);
+    for (size_t i = 0; i < y.size(); i++)
+      ASSERT_LE(std::fabs(double(y[i]) - ref[i]), kRelTol * scale[i] + kAbsTol) << "tokens " << n << " i " << i;
+    CUDA_CHECK(cudaGraphExecDestroy(exec));
+    CUDA_CHECK(cudaGraphDestroy(graph));
+    CUDA_CHECK(cudaStreamDestroy(stream));
+  }
+}
+
+TEST(LutGemmCuda, OddShapesEveryPath) {
+  SKIP_WITHOUT_GPU();
+  struct Shape {
+    int rows, cols;
+    bool medium;  // also run 512 tokens
+  };
+  const Shape shapes[] = {{1, 1, false}, {7, 13, false}, {33, 129, false}, {130, 257, true}, {64, 1000, true}};
+  std::mt19937 rng(1);
+  double worst = 0;
+  for (int bits : {2, 3, 4})
+    for (Shape s : shapes)
+      for (Outliers o : kPatterns) {
+        TestMatrix m(s.rows, s.cols, bits, o, rng);
+        for (int n : {1, 2, 3, 8, 16, 17, 64, 512}) {
+          if (n == 512 && !s.medium) continue;
+          worst = std::max(worst, check_case(m, n, rng, case_name(s.rows, s.cols, bits, o, n)));
+        }
+      }
+  std::printf("largest |err| / sum|wx|: %.3g\n", worst);
+}
+
+TEST(LutGemmCuda, Medium1000x3000) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(2);
+  double worst = 0;
+  for (int bits : {2, 3, 4})
+    for (Outliers o : kPatterns) {
+      TestMatrix m(1000, 3000, bits, o, rng);
+      for (int n : {1, 2, 3, 8, 16, 17, 64, 512})
+        worst = std::max(worst, check_case(m, n, rng, case_name(1000, 3000, bits, o, n)));
+    }
+  std::printf("largest |err| / sum|wx|: %.3g\n", worst);
+}
+
+// LLaMA-7B shapes, one bit width each, realistic outliers (plus a full row for one).
+TEST(LutGemmCuda, Llama7bShapes) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(3);
+  double worst = 0;
+  {
+    TestMatrix m(4096, 4096, 3, Outliers::REALISTIC, rng);
+    for (int n : {1, 8, 16, 17, 64})
+      worst = std::max(worst, check_case(m, n, rng, case_name(4096, 4096, 3, Outliers::REALISTIC, n)));
+  }
+  {
+    TestMatrix m(11008, 4096, 4, Outliers::REALISTIC, rng);
+    for (int n : {1, 3, 16, 64})
+      worst = std::max(worst, check_case(m, n, rng, case_name(11008, 4096, 4, Outliers::REALISTIC, n)));
+  }
+  {
+    TestMatrix m(4096, 11008, 3, Outliers::FULL_ROW, rng);
+    for (int n : {1, 8, 16, 17})
+      worst = std::max(worst, check_case(m, n, rng, case_name(4096, 11008, 3, Outliers::FULL_ROW, n)));
+  }
+  {
+    TestMatrix m(4096, 11008, 4, Outliers::REALISTIC, rng);
+    for (int n : {2, 12})
+      worst = std::max(worst, check_case(m, n, rng, case_name(4096, 11008, 4, Outliers::REALISTIC, n)));
+  }
+  std::printf("largest |err| / sum|wx|: %.3g\n", worst);
+}
+
+// CSR columns in random order within each row: the GEMM applies late entries from global x.
+TEST(LutGemmCuda, UnsortedOutlierColumns) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(4);
+  for (int bits : {3, 4}) {
+    TestMatrix m(200, 1000, bits, Outliers::MANY, rng, /*unsorted=*/true);
+    for (int n : {1, 16, 17, 300}) check_case(m, n, rng, case_name(200, 1000, bits, Outliers::MANY, n) + " unsorted");
+  }
+}
+
+// x at an odd address (2 bytes off 16-byte alignment): the scalar staging paths.
+TEST(LutGemmCuda, UnalignedActivations) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(5);
+  TestMatrix m(77, 512, 4, Outliers::MANY, rng);
+  for (int n : {1, 5, 12, 40}) {
+    std::vector<uint16_t> x16;
+    std::vector<float> x32;
+    random_x(n, m.cols, rng, x16, x32);
+    std::vector<float> ref(size_t(n) * m.rows);
+    lut_gemm(m.host, x32.data(), n, ref.data(), pool());
+    std::vector<uint16_t> shifted(x16.size() + 1);
+    std::copy(x16.begin(), x16.end(), shifted.begin() + 1);
+    DeviceBuf<uint16_t> d_x(shifted);
+    DeviceBuf<float> d_y(ref.size());
+    CUDA_CHECK(cudaMemset(d_y.p, 0xff, ref.size() * sizeof(float)));
+    lut_gemm_cuda(m.dev, d_x.p + 1, n, d_y.p, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const std::vector<float> y = d_y.download();
+    const std::vector<double> scale = abs_scale(m.host, x32, n);
+    for (size_t i = 0; i < y.size(); i++)
+      ASSERT_LE(std::fabs(double(y[i]) - ref[i]), kRelTol * scale[i] + kAbsTol) << "tokens " << n << " i " << i;
+  }
+}
+
+TEST(LutGemmCuda, ZeroTokensIsANoOp) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(6);
+  TestMatrix m(16, 128, 3, Outliers::NONE, rng);
+  DeviceBuf<float> d_y(16);
+  CUDA_CHECK(cudaMemset(d_y.p, 0, 16 * sizeof(float)));
+  DeviceBuf<uint16_t> d_x(128);
+  lut_gemm_cuda(m.dev, d_x.p, 0, d_y.p, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  for (float v : d_y.download()) EXPECT_EQ(v, 0.0f);
+}
+
+TEST(LutGemmCuda, RejectsBadArguments) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(7);
+  TestMatrix m(16, 128, 3, Outliers::NONE, rng);
+  DeviceBuf<uint16_t> d_x(128);
+  DeviceBuf<float> d_y(16);
+  PackedMatrix w = m.dev;
+  w.bits = 5;
+  EXPECT_THROW(lut_gemm_cuda(w, d_x.p, 1, d_y.p, nullptr), std::invalid_argument);
+  w = m.dev;
+  w.row_bytes += 16;
+  EXPECT_THROW(lut_gemm_cuda(w, d_x.p, 1, d_y.p, nullptr), std::invalid_argument);
+  w = m.dev;
+  w.indices += 8;
+  EXPECT_THROW(lut_gemm_cuda(w, d_x.p, 1, d_y.p, nullptr), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace sqz
