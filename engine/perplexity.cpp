@@ -1,5 +1,7 @@
 #include "engine/perplexity.h"
 
+#include "kernels/parallel.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -45,6 +47,8 @@ NllStats perplexity(Backend& be, const std::vector<int>& tokens, const Perplexit
   const int V = o.vocab_size;
   std::vector<float> logits(size_t(n_scored) * V);
   std::vector<int> targets(n_scored);
+  std::vector<double> nll(n_scored);
+  ThreadPool pool(o.n_threads);
   NllStats total;
   Batch b;
   for (int c = 0; c < n_chunks; c++) {
@@ -62,12 +66,15 @@ NllStats perplexity(Backend& be, const std::vector<int>& tokens, const Perplexit
       be.forward(b, logits.data() + size_t(out_row) * V);
       out_row += b.n_logits();
     }
+    // The log-softmax of every scored row: on a GPU backend this host work is what is
+    // left, so it runs on all cores; sums are taken in row order to stay deterministic.
+    for (int k = 0; k < n_scored; k++) targets[k] = w[first + k + 1];
+    pool.parallel_for(n_scored, [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; k++) nll[k] = token_nll(logits.data() + size_t(k) * V, V, targets[k]);
+    }, 16);
     NllStats chunk;
-    for (int k = 0; k < n_scored; k++) {
-      targets[k] = w[first + k + 1];
-      double nll = token_nll(logits.data() + size_t(k) * V, V, targets[k]);
-      chunk.nll_sum += nll, chunk.nll2_sum += nll * nll, chunk.count++;
-    }
+    for (int k = 0; k < n_scored; k++)
+      chunk.nll_sum += nll[k], chunk.nll2_sum += nll[k] * nll[k], chunk.count++;
     total.nll_sum += chunk.nll_sum, total.nll2_sum += chunk.nll2_sum, total.count += chunk.count;
     if (scored) scored(c, logits.data(), targets.data(), n_scored);
     ChunkReport r;

@@ -21,6 +21,7 @@ struct PerplexityOptions {
   int max_chunks = -1;  // -1: all
   int bos_id = 1;
   int vocab_size = 0;
+  int n_threads = 0;  // for the log-softmax of the scored rows (0: all cores)
 };
 
 // Running totals over scored positions.

@@ -60,7 +60,9 @@ std::vector<ModuleReport> module_reports(const Model& m) {
     for (int i = 0; i < 7; i++)
       add(*ws[i], "layers." + std::to_string(l) + "." + ours[i], types[i], int(l));
   }
-  if (!m.config.shared_classifier) add(m.classifier, "output", "lm_head", -1);
+  // A dense head is part of the FP16 rest; only a quantized one is listed with the linears.
+  if (!m.config.shared_classifier && m.classifier.kind == WeightKind::PACKED)
+    add(m.classifier, "output", "lm_head", -1);
   return out;
 }
 

@@ -306,9 +306,19 @@ TEST(Tokenizer, Llama2Golden) {
     const std::string text = entries[i].at("text").get<std::string>();
     ASSERT_EQ(text, strings[i].get<std::string>()) << "golden file is stale at entry " << i;
     const auto want = entries[i].at("ids").get<std::vector<int>>();
+    // encode_hf is HF's rule for every string; encode (SentencePiece's, llama.cpp's) agrees
+    // with it except for text that starts with a space, where it adds the dummy prefix too.
+    const std::vector<int> hf = tok.encode_hf(text, true);
+    EXPECT_EQ(hf, want) << "text: " << nlohmann::json(text).dump() << "\n got: " << show_ids(hf)
+                        << "\nwant: " << show_ids(want);
     const std::vector<int> got = tok.encode(text, true);
-    EXPECT_EQ(got, want) << "text: " << nlohmann::json(text).dump() << "\n got: " << show_ids(got)
-                         << "\nwant: " << show_ids(want);
+    if (text.empty() || text[0] != ' ') {
+      EXPECT_EQ(got, want) << "text: " << nlohmann::json(text).dump();
+    } else {
+      EXPECT_NE(got, want) << "SentencePiece adds a dummy prefix before a leading space";
+    }
+    // SentencePiece's decode drops the first piece's "▁", which for HF's ids was the space.
+    EXPECT_EQ(tok.decode(hf), text.empty() || text[0] != ' ' ? text : text.substr(1));
     EXPECT_EQ(tok.decode(got), text);
     EXPECT_EQ(stream_decode(tok, got), text);
   }

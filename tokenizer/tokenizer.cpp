@@ -149,6 +149,21 @@ std::vector<int> Tokenizer::encode(const std::string& text, bool add_bos) const 
   return ids;
 }
 
+std::vector<int> Tokenizer::encode_hf(const std::string& text, bool add_bos) const {
+  if (text.empty() || text[0] != ' ') return encode(text, add_bos);
+  // " x..." is "▁x..." for HF: SentencePiece's own dummy prefix stands in for the space.
+  std::vector<int> ids;
+  const int space = piece_to_id("\xe2\x96\x81");  // "▁"
+  if (text.size() == 1 && space >= 0) {
+    ids.push_back(space);
+  } else {
+    ids = encode(text.substr(1), false);
+  }
+  const int bos = bos_id();
+  if (add_bos && bos >= 0) ids.insert(ids.begin(), bos);
+  return ids;
+}
+
 std::string Tokenizer::decode(const std::vector<int>& ids) const {
   for (int id : ids) check_id(id);
   std::string text;

@@ -52,6 +52,7 @@ int cmd_perplexity(int argc, char** argv) {
                  po.ctx, c.seq_len);
   po.bos_id = engine.tokenizer().bos_id();
   po.vocab_size = c.vocab_size;
+  po.n_threads = eo.n_threads;
   double t0 = now_seconds();
   std::vector<int> tokens = engine.tokenizer().encode(text, true);
   std::fprintf(stderr, "perplexity: %s, method %s, ctx %d: tokenized %zu tokens in %.2f s\n",
