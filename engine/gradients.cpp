@@ -1,7 +1,8 @@
 // The CPU gradient backend: the forward pass of engine/cpu_backend.cpp over one sequence
 // (positions 0..n-1, no KV cache), saving each layer's activations, then the backward pass
 // through the head, the final norm and every layer, with the weight gradients' squares
-// accumulated by the GEMM's epilogue (kernels/matmul_backward.h).
+// accumulated by the GEMM's epilogue (kernels/matmul_backward.h). make_gradient_backend
+// picks the GPU version (engine/gradients_cuda.cu) when one is usable.
 #include "engine/gradients.h"
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "engine/engine.h"
 #include "kernels/attention_backward.h"
 #include "kernels/half.h"
 #include "kernels/matmul_backward.h"
@@ -332,15 +334,27 @@ std::unique_ptr<GradientBackend> make_cpu_gradients(const Model& m, const Gradie
 
 void check_gradient_device(const std::string& device) {
   if (device == "cpu" || device == "auto") return;
-  if (device == "cuda")
+  if (device == "cuda") {
+#ifdef SQZ_WITH_CUDA
+    if (cuda_available()) return;
     throw std::runtime_error(
-        "--device cuda: calibration on the GPU is not available yet; use --device cpu");
+        "--device cuda: calibration on the GPU is not available: no usable CUDA GPU was found; "
+        "use --device cpu");
+#else
+    throw std::runtime_error(
+        "--device cuda: calibration on the GPU is not available: this build has no CUDA "
+        "backend; use --device cpu");
+#endif
+  }
   throw std::invalid_argument("--device must be auto, cpu or cuda, not '" + device + "'");
 }
 
 std::unique_ptr<GradientBackend> make_gradient_backend(const Model& m, const GradientOptions& o,
                                                        const std::string& device) {
   check_gradient_device(device);
+#ifdef SQZ_WITH_CUDA
+  if (device == "cuda" || (device == "auto" && cuda_available())) return make_cuda_gradients(m, o);
+#endif
   return make_cpu_gradients(m, o);
 }
 

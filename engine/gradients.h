@@ -23,6 +23,9 @@ const LinearWeight& layer_linear(const LayerWeights& l, int which);
 
 struct GradientOptions {
   int n_threads = 0;  // CPU threads (0: all cores)
+  // GPU only: let cuBLAS round the GEMMs' inputs to TF32 (tensor cores; several times faster,
+  // about 1e-3 relative error per product). Off: exact fp32 GEMMs, the CPU's numbers.
+  bool tf32 = false;
 };
 
 class GradientBackend {
@@ -48,9 +51,16 @@ class GradientBackend {
 // .sqz model cannot be calibrated: calibrate its source checkpoint).
 std::unique_ptr<GradientBackend> make_cpu_gradients(const Model& m, const GradientOptions& o);
 
-// device: "cpu", "cuda" or "auto" (the best available: the CPU today). "cuda" throws a
-// one-line error while no GPU backward exists. check_gradient_device throws the same error
-// without a model, so tools can fail before loading one.
+// The GPU backend (engine/gradients_cuda.cu; CUDA builds only): the same forward, backward
+// and F as the CPU one, fp32 weights and GEMMs on the device, F accumulated there and copied
+// back by fisher(). Throws a one-line error (bytes needed and free) when the weights, F and
+// activations do not fit in the GPU's memory.
+std::unique_ptr<GradientBackend> make_cuda_gradients(const Model& m, const GradientOptions& o);
+
+// device: "cpu", "cuda" or "auto" (the GPU when cuda_available(), else the CPU). "cuda"
+// throws a one-line error when this build has no CUDA or no GPU is present.
+// check_gradient_device throws the same error without a model, so tools can fail before
+// loading one.
 void check_gradient_device(const std::string& device);
 std::unique_ptr<GradientBackend> make_gradient_backend(const Model& m, const GradientOptions& o,
                                                        const std::string& device);

@@ -36,3 +36,19 @@ void attention_causal_backward(const CausalAttentionArgs& a, const float* out, c
                                ThreadPool& pool);
 
 }  // namespace sqz
+
+#ifdef SQZ_WITH_CUDA
+#include <cuda_runtime_api.h>
+namespace sqz {
+
+// The same on the GPU (kernels/attention_backward.cu): every pointer (those in `a` too) on
+// the device; head_dim <= 256. The backward needs `workspace`: device [n_tokens * n_heads]
+// floats (the rows' D). Deterministic: no atomics, fixed summation order.
+void attention_causal_forward_cuda(const CausalAttentionArgs& a, float* out, float* lse,
+                                   cudaStream_t stream);
+void attention_causal_backward_cuda(const CausalAttentionArgs& a, const float* out,
+                                    const float* lse, const float* dout, float* dq, float* dk,
+                                    float* dv, float* workspace, cudaStream_t stream);
+
+}  // namespace sqz
+#endif

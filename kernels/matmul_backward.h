@@ -50,3 +50,37 @@ void matmul_backward_w(const float* dy, const float* x, int n_tokens, int rows, 
                        float* out, GemmEpilogue epilogue, ThreadPool& pool);
 
 }  // namespace sqz
+
+#ifdef SQZ_WITH_CUDA
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+namespace sqz {
+
+// The same on the GPU (kernels/matmul_backward.cu): fp32 weights [rows, cols] and fp32
+// activations on the device, cuBLAS GEMMs on `handle`, which the caller binds to `stream`
+// (cublasSetStream) and leaves in CUBLAS_DEFAULT_MATH. tf32 = false computes with
+// CUBLAS_COMPUTE_32F: fp32 products and sums, the CPU's numbers up to summation order.
+// tf32 = true allows CUBLAS_COMPUTE_32F_FAST_TF32 (tensor cores, inputs rounded to 10-bit
+// mantissas: several times faster, about 1e-3 relative error per product).
+struct GemmCuda {
+  cublasHandle_t handle = nullptr;
+  cudaStream_t stream = nullptr;
+  bool tf32 = false;
+};
+
+// y[n, rows] (= or += with `accumulate`) x[n, cols] W^T.
+void matmul_gemm_cuda(const GemmCuda& g, const float* w, int rows, int cols, const float* x,
+                      int n_tokens, float* y, bool accumulate);
+// dx[n, cols] (= or +=) dy[n, rows] W.
+void matmul_backward_x_cuda(const GemmCuda& g, const float* w, int rows, int cols,
+                            const float* dy, int n_tokens, float* dx, bool accumulate);
+// dW = dy[n, rows]^T x[n, cols] into out[rows, cols] per `epilogue`. SQUARE_ADD writes dW to
+// `scratch` [rows, cols] and then runs square_add_cuda(scratch -> out); the other epilogues
+// ignore scratch.
+void matmul_backward_w_cuda(const GemmCuda& g, const float* dy, const float* x, int n_tokens,
+                            int rows, int cols, float* out, GemmEpilogue epilogue, float* scratch);
+// f[i] += dw[i]^2 for i < n.
+void square_add_cuda(const float* dw, int64_t n, float* f, cudaStream_t stream);
+
+}  // namespace sqz
+#endif

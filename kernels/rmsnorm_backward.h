@@ -12,3 +12,19 @@ void rmsnorm_backward(const float* x, const float* w, const float* dy, int n_tok
                       float eps, float* dx);
 
 }  // namespace sqz
+
+#ifdef SQZ_WITH_CUDA
+#include <cuda_runtime_api.h>
+namespace sqz {
+
+// The same on the GPU (kernels/rmsnorm_backward.cu), device pointers, one stream. Calibration
+// runs its forward in fp32 too: rmsnorm_forward_cuda is rmsnorm() on the device (fp32 out;
+// the inference kernel rmsnorm_cuda writes fp16). Both sum in double, as the CPU versions.
+void rmsnorm_forward_cuda(const float* x, const float* w, int n_tokens, int dim, float eps,
+                          float* out, cudaStream_t stream);
+// ADDS the input gradient into dx [n_tokens, dim], as rmsnorm_backward().
+void rmsnorm_backward_cuda(const float* x, const float* w, const float* dy, int n_tokens, int dim,
+                           float eps, float* dx, cudaStream_t stream);
+
+}  // namespace sqz
+#endif

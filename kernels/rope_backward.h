@@ -13,3 +13,17 @@ void rope_backward(float* g, const int* pos, int n_tokens, int n_heads, int head
                    float theta);
 
 }  // namespace sqz
+
+#ifdef SQZ_WITH_CUDA
+#include <cuda_runtime_api.h>
+namespace sqz {
+
+// The same on the GPU (kernels/rope_backward.cu), device pointers (pos too), in place. Also
+// calibration's forward: rope_forward_cuda is rope() on the device over one tensor.
+void rope_forward_cuda(float* x, const int* pos, int n_tokens, int n_heads, int head_dim,
+                       float theta, cudaStream_t stream);
+void rope_backward_cuda(float* g, const int* pos, int n_tokens, int n_heads, int head_dim,
+                        float theta, cudaStream_t stream);
+
+}  // namespace sqz
+#endif

@@ -22,3 +22,6 @@ if(SQZ_WITH_CUDA)  # lut_gemm_cuda: test and benchmark (kernels/NOTES_lut_gemv.m
 endif()
 sqz_test(test_backward test_backward.cpp LIBS sqz_engine)
 sqz_test(test_calibrate test_calibrate.cpp LIBS sqz_quantize sqz_engine)
+if(SQZ_WITH_CUDA)  # calibration on the GPU: engine/gradients_cuda.cu and kernels/*_backward.cu
+  sqz_test(test_gradients_cuda test_gradients_cuda.cpp LIBS sqz_engine sqz_quantize LABELS gpu)
+endif()

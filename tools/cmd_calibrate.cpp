@@ -1,6 +1,7 @@
 // sqz calibrate: squared gradients (SqueezeLLM's sensitivity, a diagonal Fisher) of every
 // linear weight over samples of a text, written as safetensors under the checkpoint's tensor
 // names, ready for `sqz quantize --gradients`. Conventions: quantize/calibrate.h.
+#include <chrono>
 #include <cstdio>
 #include <memory>
 
@@ -16,15 +17,25 @@ CalibrateResult run_calibration(const CalibrateOptions& o) {
   std::fprintf(stderr, "calibrate: %s, %d %s samples x %d tokens from %s\n", o.model_path.c_str(),
                o.n_samples, calib_sampling_name(o.sampling), o.seqlen, o.data_path.c_str());
   std::unique_ptr<Progress> progress;  // started when the first sample starts
-  double sum = 0;
+  double sum = 0, t_last = 0;
   CalibrateResult res = calibrate(o, [&](int done, int total, double loss) {
+    const double t = std::chrono::duration<double>(
+                         std::chrono::steady_clock::now().time_since_epoch()).count();
     if (done == 0) {
       progress = std::make_unique<Progress>("calibrate", total);
+      t_last = t;
       return;
     }
     sum += loss;
-    char extra[64];
-    std::snprintf(extra, sizeof extra, "loss %.4f (mean %.4f)", loss, sum / done);
+    char extra[96];
+    const double dt = t - t_last;
+    if (dt < 1.0)
+      std::snprintf(extra, sizeof extra, "loss %.4f (mean %.4f) %.0f ms/sample", loss, sum / done,
+                    1e3 * dt);
+    else
+      std::snprintf(extra, sizeof extra, "loss %.4f (mean %.4f) %.2f s/sample", loss, sum / done,
+                    dt);
+    t_last = t;
     progress->update(done, extra);
   });
   if (progress) progress->finish();
@@ -47,7 +58,8 @@ int cmd_calibrate(int argc, char** argv) {
       ("tokenizer", "SentencePiece tokenizer.model (when the checkpoint holds none)",
        cxxopts::value<std::string>()->default_value(""))
       ("t,threads", "CPU threads (0: all cores)", cxxopts::value<int>()->default_value("0"))
-      ("device", "auto, cpu or cuda (the backward runs on the CPU for now)",
+      ("device", "auto (the GPU when one is usable, else the CPU), cpu or cuda (fp32 on the "
+       "GPU: weights and squared gradients must fit in its memory)",
        cxxopts::value<std::string>()->default_value("auto"));
   o.add_options("calibration")
       ("data", "calibration text (UTF-8), tokenized once without BOS",
