@@ -40,6 +40,8 @@
 #include "engine/backend.h"
 #include "engine/engine.h"
 #include "kernels/attention.h"
+#include "engine/device_arena.h"
+#include "kernels/cublas_check.h"
 #include "kernels/cuda_common.h"
 #include "kernels/embedding.h"
 #include "kernels/lut_gemv.h"
@@ -51,14 +53,6 @@
 #include "model/dtype.h"
 #include "model/errors.h"
 
-#define CUBLAS_CHECK(stmt)                                                                \
-  do {                                                                                    \
-    cublasStatus_t st_ = (stmt);                                                          \
-    if (st_ != CUBLAS_STATUS_SUCCESS)                                                     \
-      throw sqz::cuda_error(std::string("cuBLAS error: ") + cublasGetStatusString(st_) + \
-                            " in " #stmt " (" + __func__ + " at " + __FILE__ + ":" +      \
-                            std::to_string(__LINE__) + ")");                              \
-  } while (0)
 
 namespace sqz {
 
@@ -75,30 +69,10 @@ namespace {
 
 constexpr int kMaxGraphBatch = 16;                // decode steps up to this size are graphed
 constexpr size_t kCublasWorkspaceBytes = 32u << 20;  // cuBLAS' recommendation for Hopper
-constexpr size_t kAlign = 256;
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 static_assert(sizeof(AttentionTile) == 4 * sizeof(int), "tiles travel in the int input buffer");
 
-// Hands out aligned pieces of one device pool. With base == nullptr it only measures: the
-// pointers it returns are offsets and are never dereferenced.
-class Arena {
- public:
-  explicit Arena(char* base = nullptr, size_t capacity = SIZE_MAX) : base_(base), cap_(capacity) {}
-  template <typename T>
-  T* take(size_t n_elems) {
-    const size_t off = (used_ + kAlign - 1) / kAlign * kAlign;
-    used_ = off + n_elems * sizeof(T);
-    if (base_ && used_ > cap_) throw std::logic_error("cuda backend: memory plan exceeded");
-    return reinterpret_cast<T*>(reinterpret_cast<uintptr_t>(base_) + off);
-  }
-  size_t used() const { return (used_ + kAlign - 1) / kAlign * kAlign; }
-
- private:
-  char* base_;
-  size_t cap_;
-  size_t used_ = 0;
-};
 
 // Rows [row0, row0 + rows) of a linear's output, computed by one matrix on the device: one
 // or several of the model's linears fused (their rows concatenated).
@@ -241,7 +215,7 @@ class CudaBackend : public Backend {
 
     plan_weights();
     // Measure, check against free memory, then allocate the one pool and carve it.
-    Arena aw, akv, as;
+    DeviceArena aw, akv, as;
     layout_weights(aw);
     layout_kv(akv);
     layout_scratch(as);
@@ -268,7 +242,7 @@ class CudaBackend : public Backend {
     }
     CUDA_CHECK(err);
     pool_bytes_ = need;
-    Arena a(r_.pool, need);
+    DeviceArena a(r_.pool, need, "cuda backend");
     layout_weights(a);
     layout_kv(a);
     layout_scratch(a);
@@ -358,7 +332,7 @@ class CudaBackend : public Backend {
     return v;
   }
 
-  static void layout_linear(DeviceLinear& L, Arena& a) {
+  static void layout_linear(DeviceLinear& L, DeviceArena& a) {
     for (DevicePart& p : L.parts) {
       if (!p.packed) {
         if (!p.borrowed) p.w = a.take<uint16_t>(size_t(p.rows) * L.cols);
@@ -372,7 +346,7 @@ class CudaBackend : public Backend {
     }
   }
 
-  void layout_weights(Arena& a) {
+  void layout_weights(DeviceArena& a) {
     emb_ = a.take<uint8_t>(m_.tok_embeddings.n_bytes);
     final_norm_ = a.take<float>(c_.dim);
     for (DeviceLayer& d : layers_) {
@@ -387,12 +361,12 @@ class CudaBackend : public Backend {
     if (classifier_.parts[0].borrowed) classifier_.parts[0].w = reinterpret_cast<uint16_t*>(emb_);
   }
 
-  void layout_kv(Arena& a) {
+  void layout_kv(DeviceArena& a) {
     k_cache_ = a.take<uint16_t>(kv_cache_elems());
     v_cache_ = a.take<uint16_t>(kv_cache_elems());
   }
 
-  void layout_scratch(Arena& a) {
+  void layout_scratch(DeviceArena& a) {
     const size_t M = size_t(max_batch_);
     in_dev_ = a.take<int>(in_ints());
     x_ = a.take<float>(M * c_.dim);

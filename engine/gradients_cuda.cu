@@ -45,6 +45,8 @@
 #include "engine/engine.h"
 #include "engine/gradients.h"
 #include "kernels/attention_backward.h"
+#include "engine/device_arena.h"
+#include "kernels/cublas_check.h"
 #include "kernels/cuda_common.h"
 #include "kernels/matmul_backward.h"
 #include "kernels/rmsnorm_backward.h"
@@ -53,20 +55,11 @@
 #include "model/dtype.h"
 #include "model/errors.h"
 
-#define SQZ_CUBLAS_CHECK(stmt)                                                           \
-  do {                                                                                   \
-    cublasStatus_t st_ = (stmt);                                                         \
-    if (st_ != CUBLAS_STATUS_SUCCESS)                                                    \
-      throw sqz::cuda_error(std::string("cuBLAS error: ") + cublasGetStatusString(st_) + \
-                            " in " #stmt " (" + __func__ + " at " + __FILE__ + ":" +     \
-                            std::to_string(__LINE__) + ")");                             \
-  } while (0)
 
 namespace sqz {
 
 namespace {
 
-constexpr size_t kAlign = 256;
 constexpr size_t kCublasWorkspaceBytes = 32u << 20;  // cuBLAS' recommendation for Hopper
 constexpr size_t kStagingBytes = 64u << 20;          // 16-bit weights go up in chunks of this
 constexpr size_t kReserveBytes = 512u << 20;         // left free: context, cuBLAS internals
@@ -78,25 +71,6 @@ constexpr unsigned kMask = 0xffffffffu;
 
 enum Slot { WQ, WK, WV, WO, W_GATE, W_UP, W_DOWN };
 
-// Hands out aligned pieces of one device allocation. With base == nullptr it only measures:
-// the pointers it returns are offsets and are never dereferenced.
-class Arena {
- public:
-  explicit Arena(char* base = nullptr, size_t capacity = SIZE_MAX) : base_(base), cap_(capacity) {}
-  template <typename T>
-  T* take(size_t n_elems) {
-    const size_t off = (used_ + kAlign - 1) / kAlign * kAlign;
-    used_ = off + n_elems * sizeof(T);
-    if (base_ && used_ > cap_) throw std::logic_error("cuda gradients: memory plan exceeded");
-    return reinterpret_cast<T*>(reinterpret_cast<uintptr_t>(base_) + off);
-  }
-  size_t used() const { return (used_ + kAlign - 1) / kAlign * kAlign; }
-
- private:
-  char* base_;
-  size_t cap_;
-  size_t used_ = 0;
-};
 
 // ---- kernels of this backend (the ops' kernels are in kernels/*_backward.cu) ---------------
 
@@ -257,13 +231,13 @@ class CudaGradients : public GradientBackend {
     CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
     gpu_name_ = prop.name;
     CUDA_CHECK(cudaStreamCreateWithFlags(&r_.stream, cudaStreamNonBlocking));
-    SQZ_CUBLAS_CHECK(cublasCreate(&r_.cublas));
-    SQZ_CUBLAS_CHECK(cublasSetStream(r_.cublas, r_.stream));
-    SQZ_CUBLAS_CHECK(cublasSetMathMode(r_.cublas, CUBLAS_DEFAULT_MATH));  // no TF32 by default
+    CUBLAS_CHECK(cublasCreate(&r_.cublas));
+    CUBLAS_CHECK(cublasSetStream(r_.cublas, r_.stream));
+    CUBLAS_CHECK(cublasSetMathMode(r_.cublas, CUBLAS_DEFAULT_MATH));  // no TF32 by default
     gemm_.handle = r_.cublas, gemm_.stream = r_.stream, gemm_.tf32 = tf32_;
 
     // Measure, check against free memory, allocate one pool, carve it.
-    Arena measure;
+    DeviceArena measure;
     layout(measure);
     const size_t need = measure.used();
     size_t free_b = 0, total_b = 0;
@@ -277,9 +251,9 @@ class CudaGradients : public GradientBackend {
       throw oom(need, free_b, total_b);
     }
     CUDA_CHECK(err);
-    Arena a(r_.pool, need);
+    DeviceArena a(r_.pool, need, "cuda gradients");
     layout(a);
-    SQZ_CUBLAS_CHECK(cublasSetWorkspace(r_.cublas, cublas_ws_, kCublasWorkspaceBytes));
+    CUBLAS_CHECK(cublasSetWorkspace(r_.cublas, cublas_ws_, kCublasWorkspaceBytes));
     upload();
     reset();
     CUDA_CHECK(cudaStreamSynchronize(r_.stream));
@@ -332,7 +306,7 @@ class CudaGradients : public GradientBackend {
   }
 
   // ---- memory: persistent pool ---------------------------------------------------------
-  void layout(Arena& a) {
+  void layout(DeviceArena& a) {
     const int dim = c_.dim;
     dl_.assign(c_.n_layers, DeviceLayer());
     size_t max_elems = 0;
@@ -408,7 +382,7 @@ class CudaGradients : public GradientBackend {
   }
 
   // ---- memory: activations for samples of up to `capacity_` tokens ------------------------
-  void layout_acts(Arena& a, int n) {
+  void layout_acts(DeviceArena& a, int n) {
     const size_t nd = size_t(n);
     const int dim = c_.dim, q_dim = c_.q_dim(), kv_dim = c_.kv_dim(), hidden = c_.hidden_dim;
     acts_.assign(c_.n_layers, LayerActs());
@@ -438,7 +412,7 @@ class CudaGradients : public GradientBackend {
     if (r_.host_nll) CUDA_CHECK(cudaFreeHost(r_.host_nll));
     r_.acts = nullptr, r_.host_tokens = nullptr, r_.host_nll = nullptr;
     capacity_ = 0;
-    Arena measure;
+    DeviceArena measure;
     layout_acts(measure, n);
     const size_t need = measure.used();
     size_t free_b = 0, total_b = 0;
@@ -462,7 +436,7 @@ class CudaGradients : public GradientBackend {
       throw oom(free_b);
     }
     CUDA_CHECK(err);
-    Arena a(r_.acts, need);
+    DeviceArena a(r_.acts, need, "cuda gradients");
     layout_acts(a, n);
     CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&r_.host_tokens), size_t(n) * sizeof(int)));
     CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&r_.host_nll), size_t(n) * sizeof(double)));

@@ -17,17 +17,10 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/cublas_check.h"
 #include "kernels/cuda_common.h"
 #include "kernels/matmul_backward.h"
 
-#define SQZ_CUBLAS_CHECK(stmt)                                                           \
-  do {                                                                                   \
-    cublasStatus_t st_ = (stmt);                                                         \
-    if (st_ != CUBLAS_STATUS_SUCCESS)                                                    \
-      throw sqz::cuda_error(std::string("cuBLAS error: ") + cublasGetStatusString(st_) + \
-                            " in " #stmt " (" + __func__ + " at " + __FILE__ + ":" +     \
-                            std::to_string(__LINE__) + ")");                             \
-  } while (0)
 
 namespace sqz {
 
@@ -63,7 +56,7 @@ __global__ void square_add_unaligned_kernel(const float* __restrict__ dw, int64_
 void sgemm(const GemmCuda& g, cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k,
            const float* a, int lda, const float* b, int ldb, float beta, float* c, int ldc) {
   const float alpha = 1.0f;
-  SQZ_CUBLAS_CHECK(cublasGemmEx(g.handle, op_a, op_b, m, n, k, &alpha, a, CUDA_R_32F, lda, b,
+  CUBLAS_CHECK(cublasGemmEx(g.handle, op_a, op_b, m, n, k, &alpha, a, CUDA_R_32F, lda, b,
                                 CUDA_R_32F, ldb, &beta, c, CUDA_R_32F, ldc,
                                 g.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
                                 CUBLAS_GEMM_DEFAULT));

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "kernels/bandwidth.h"
+#include "kernels/cublas_check.h"
 #include "kernels/cuda_common.h"
 #include "kernels/lut_gemv.h"
 #include "kernels/packed_layout.h"
@@ -35,14 +36,6 @@
 
 using namespace sqz;
 
-#define CUBLAS_CHECK(stmt)                                                                 \
-  do {                                                                                     \
-    cublasStatus_t st_ = (stmt);                                                           \
-    if (st_ != CUBLAS_STATUS_SUCCESS) {                                                    \
-      std::fprintf(stderr, "cuBLAS error %d in %s (%s:%d)\n", int(st_), #stmt, __FILE__, __LINE__); \
-      std::exit(1);                                                                        \
-    }                                                                                      \
-  } while (0)
 
 namespace {
 
