@@ -23,6 +23,10 @@ struct Batch {
   void clear() { tokens.clear(), pos.clear(), seq.clear(), want_logits.clear(); }
   int size() const { return int(tokens.size()); }
   int n_logits() const;
+  // Throws (one line) unless the arrays agree in length, the batch fits max_batch, every
+  // (seq, pos) lies inside the KV cache and every token inside the vocabulary. Backends call
+  // it before touching their caches.
+  void validate(int max_batch, int n_seqs, int ctx, int vocab_size) const;
 };
 
 struct BackendOptions {

@@ -24,6 +24,25 @@ int Batch::n_logits() const {
   return n;
 }
 
+void Batch::validate(int max_batch, int n_seqs, int ctx, int vocab_size) const {
+  const int n = size();
+  if (pos.size() != size_t(n) || seq.size() != size_t(n) || want_logits.size() != size_t(n))
+    throw std::invalid_argument("batch: tokens, pos, seq and want_logits differ in length");
+  if (n > max_batch)
+    throw std::invalid_argument("batch of " + std::to_string(n) + " tokens exceeds max_batch " +
+                                std::to_string(max_batch));
+  for (int t = 0; t < n; t++) {
+    if (seq[t] < 0 || seq[t] >= n_seqs || pos[t] < 0 || pos[t] >= ctx)
+      throw std::out_of_range("token " + std::to_string(t) + " at seq " + std::to_string(seq[t]) +
+                              " pos " + std::to_string(pos[t]) + " is outside the KV cache (" +
+                              std::to_string(n_seqs) + " sequences x " + std::to_string(ctx) +
+                              " positions)");
+    if (tokens[t] < 0 || tokens[t] >= vocab_size)
+      throw std::out_of_range("token id " + std::to_string(tokens[t]) +
+                              " outside the vocabulary of " + std::to_string(vocab_size));
+  }
+}
+
 namespace {
 
 std::vector<float> to_f32(const TensorView& t) {
@@ -86,19 +105,7 @@ class CpuBackend : public Backend {
   void forward(const Batch& b, float* logits) override {
     const int n = b.size();
     if (n == 0) return;
-    if (n > max_batch_)
-      throw std::invalid_argument("batch of " + std::to_string(n) + " tokens exceeds max_batch " +
-                                  std::to_string(max_batch_));
-    for (int t = 0; t < n; t++) {
-      if (b.seq[t] < 0 || b.seq[t] >= n_seqs_ || b.pos[t] < 0 || b.pos[t] >= ctx_)
-        throw std::out_of_range("token " + std::to_string(t) + " at seq " +
-                                std::to_string(b.seq[t]) + " pos " + std::to_string(b.pos[t]) +
-                                " is outside the KV cache (" + std::to_string(n_seqs_) +
-                                " sequences x " + std::to_string(ctx_) + " positions)");
-      if (b.tokens[t] < 0 || b.tokens[t] >= c_.vocab_size)
-        throw std::out_of_range("token id " + std::to_string(b.tokens[t]) +
-                                " outside the vocabulary of " + std::to_string(c_.vocab_size));
-    }
+    b.validate(max_batch_, n_seqs_, ctx_, c_.vocab_size);
     const int dim = c_.dim, hd = c_.head_dim, q_dim = c_.q_dim(), kv_dim = c_.kv_dim();
     const int hidden = c_.hidden_dim;
     x_.resize(size_t(n) * dim), xb_.resize(size_t(n) * dim), q_.resize(size_t(n) * q_dim);

@@ -463,25 +463,7 @@ class CudaBackend : public Backend {
   }
 
   // ---- forward ------------------------------------------------------------------------
-  void validate(const Batch& b) const {
-    const int n = b.size();
-    if (b.pos.size() != size_t(n) || b.seq.size() != size_t(n) ||
-        b.want_logits.size() != size_t(n))
-      throw std::invalid_argument("batch: tokens, pos, seq and want_logits differ in length");
-    if (n > max_batch_)
-      throw std::invalid_argument("batch of " + std::to_string(n) +
-                                  " tokens exceeds max_batch " + std::to_string(max_batch_));
-    for (int t = 0; t < n; t++) {
-      if (b.seq[t] < 0 || b.seq[t] >= n_seqs_ || b.pos[t] < 0 || b.pos[t] >= ctx_)
-        throw std::out_of_range("token " + std::to_string(t) + " at seq " +
-                                std::to_string(b.seq[t]) + " pos " + std::to_string(b.pos[t]) +
-                                " is outside the KV cache (" + std::to_string(n_seqs_) +
-                                " sequences x " + std::to_string(ctx_) + " positions)");
-      if (b.tokens[t] < 0 || b.tokens[t] >= c_.vocab_size)
-        throw std::out_of_range("token id " + std::to_string(b.tokens[t]) +
-                                " outside the vocabulary of " + std::to_string(c_.vocab_size));
-    }
-  }
+  void validate(const Batch& b) const { b.validate(max_batch_, n_seqs_, ctx_, c_.vocab_size); }
 
   // Runs the batch; writes logits (k == 0) or the top k of each row (ids, vals).
   void run(const Batch& b, int k, float* logits, int* ids, float* vals) {
