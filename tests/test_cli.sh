@@ -61,6 +61,9 @@ printf 'Once upon a time\n\nThe cat\nA dog\n' >"$tmp/prompts.txt"
 # quantize -> inspect -> generate with no --tokenizer (embedded)
 "$sqz" quantize -m "$m" --tokenizer "$t" -o "$tmp/q.sqz" --bits 4 --outliers 0.5 --report "$tmp/r.html" >"$tmp/q" 2>&1 \
   && grep -q "compression" "$tmp/q" && ok || { bad "quantize"; cat "$tmp/q"; }
+expect_error bad-template "chat" "$sqz" quantize -m "$m" --tokenizer "$t" -o "$tmp/x.sqz" --chat-template foo
+"$sqz" quantize -m "$m" --tokenizer "$t" -o "$tmp/z.sqz" --bits 4 --chat-template zephyr >/dev/null 2>&1 \
+  && "$sqz" inspect -m "$tmp/z.sqz" | grep -q "chat_template: *zephyr" && ok || bad "chat template metadata"
 grep -q "<svg" "$tmp/r.html" 2>/dev/null && ! grep -qi "<script" "$tmp/r.html" && ok || bad "html report"
 "$sqz" inspect -m "$tmp/q.sqz" >"$tmp/i" 2>&1 && grep -q "q_proj" "$tmp/i" && grep -q "embedded" "$tmp/i" && ok || { bad "inspect"; cat "$tmp/i"; }
 "$sqz" generate -m "$tmp/q.sqz" -p "Once upon a time" -n 10 --temp 0 >/dev/null 2>&1 && ok || bad "generate packed"

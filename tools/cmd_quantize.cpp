@@ -7,6 +7,7 @@
 #include <cstdlib>
 
 #include "model/packed.h"
+#include "tokenizer/tokenizer.h"
 #include "quantize/calibrate.h"
 #include "quantize/pipeline.h"
 #include "quantize/report.h"
@@ -114,12 +115,16 @@ int cmd_quantize(int argc, char** argv) {
       ("calib-seed", "seed of the random sample offsets", cxxopts::value<int64_t>()->default_value("0"))
       ("calib-sampling", "random or sequential", cxxopts::value<std::string>()->default_value("random"));
   o.add_options("report")
+      ("chat-template", "store the model's chat template (llama-2, zephyr, chatml, raw) for "
+       "`sqz chat`", cxxopts::value<std::string>()->default_value(""))
       ("report", "write an HTML report with plots", cxxopts::value<std::string>()->default_value(""))
       ("report-module", "module drawn in the report", cxxopts::value<std::string>()->default_value("layers.0.wq"))
       ("report-row", "row of that module for the histogram", cxxopts::value<int>()->default_value("0"));
   cxxopts::ParseResult r;
   if (!parse(o, argc, argv, &r)) return 0;
   if (!r.count("output")) throw usage_error("-o/--output is required");
+  if (!r["chat-template"].as<std::string>().empty())
+    chat_template_from_name(r["chat-template"].as<std::string>());  // a bad name fails before the work
   QuantizeOptions q = quant_options(r);
   q.report_module = r["report-module"].as<std::string>();
   q.report_row = r["report-row"].as<int>();
@@ -156,6 +161,9 @@ int cmd_quantize(int argc, char** argv) {
   });
   progress.finish();
   const std::string out = r["output"].as<std::string>();
+  if (!r["chat-template"].as<std::string>().empty())
+    res.metadata["sqz.chat_template"] =
+        chat_template_name(chat_template_from_name(r["chat-template"].as<std::string>()));
   save_packed(out, res.model, res.metadata);
   std::printf("%s", size_table(res.modules, res.model).c_str());
   std::printf("wrote %s in %.1f s\n", out.c_str(), res.seconds);
