@@ -13,31 +13,32 @@ void check_vocab(const Model& m, const Tokenizer& t, const std::string& tokenize
                        std::to_string(m.config.vocab_size) + " (wrong --tokenizer?)");
 }
 
+Tokenizer open_tokenizer(const Model& m, const std::string& flag_path, std::string* source) {
+  std::string from;
+  auto checked = [&](Tokenizer t, const std::string& src) {
+    check_vocab(m, t, src);
+    if (source) *source = src;
+    return t;
+  };
+  if (!flag_path.empty()) return checked(Tokenizer::from_file(flag_path), flag_path);
+  if (!m.tokenizer_model.empty()) {
+    from = m.path + " (embedded tokenizer)";
+    return checked(Tokenizer::from_bytes(m.tokenizer_model, from), from);
+  }
+  if (!m.tokenizer_path.empty()) return checked(Tokenizer::from_file(m.tokenizer_path), m.tokenizer_path);
+  throw format_error(m.path +
+                     ": the model holds no tokenizer and none lies beside it; pass "
+                     "--tokenizer FILE (a SentencePiece tokenizer.model)");
+}
+
 #ifndef SQZ_WITH_CUDA
 bool cuda_available() { return false; }
 #endif
 
 Engine::Engine(const EngineOptions& o) : o_(o) {
   model_ = load_model(o.model_path);
-  if (o.need_tokenizer || !o.tokenizer_path.empty()) {
-    std::string source;
-    if (!o.tokenizer_path.empty()) {
-      tok_ = std::make_unique<Tokenizer>(Tokenizer::from_file(o.tokenizer_path));
-      source = o.tokenizer_path;
-    } else if (!model_.tokenizer_model.empty()) {
-      tok_ = std::make_unique<Tokenizer>(
-          Tokenizer::from_bytes(model_.tokenizer_model, o.model_path + " (embedded tokenizer)"));
-      source = o.model_path + " (embedded tokenizer)";
-    } else if (!model_.tokenizer_path.empty()) {
-      tok_ = std::make_unique<Tokenizer>(Tokenizer::from_file(model_.tokenizer_path));
-      source = model_.tokenizer_path;
-    } else {
-      throw format_error(o.model_path +
-                         ": the model holds no tokenizer and none lies beside it; pass "
-                         "--tokenizer FILE (a SentencePiece tokenizer.model)");
-    }
-    check_vocab(model_, *tok_, source);
-  }
+  if (o.need_tokenizer || !o.tokenizer_path.empty())
+    tok_ = std::make_unique<Tokenizer>(open_tokenizer(model_, o.tokenizer_path));
   BackendOptions bo;
   bo.ctx_size = o.ctx_size > 0 ? o.ctx_size : model_.config.seq_len;
   if (bo.ctx_size > model_.config.seq_len)

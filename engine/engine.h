@@ -39,6 +39,12 @@ class Engine {
   std::unique_ptr<Backend> backend_;
 };
 
+// The model's tokenizer: `flag_path` (--tokenizer) when given, else the one the model file
+// embeds, else a tokenizer.model beside the checkpoint; its vocabulary is checked against
+// the model's. `source` (optional) receives where it came from. Throws format_error when
+// there is none or the vocabularies differ.
+Tokenizer open_tokenizer(const Model& m, const std::string& flag_path, std::string* source = nullptr);
+
 // Throws format_error when the tokenizer's vocabulary differs from the model's.
 void check_vocab(const Model& m, const Tokenizer& t, const std::string& tokenizer_source);
 

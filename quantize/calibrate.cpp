@@ -111,27 +111,6 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-Tokenizer open_tokenizer(const Model& m, const CalibrateOptions& o) {
-  if (!o.tokenizer_path.empty()) {
-    Tokenizer t = Tokenizer::from_file(o.tokenizer_path);
-    check_vocab(m, t, o.tokenizer_path);
-    return t;
-  }
-  if (!m.tokenizer_model.empty()) {
-    Tokenizer t = Tokenizer::from_bytes(m.tokenizer_model, o.model_path + " (embedded tokenizer)");
-    check_vocab(m, t, o.model_path + " (embedded tokenizer)");
-    return t;
-  }
-  if (!m.tokenizer_path.empty()) {
-    Tokenizer t = Tokenizer::from_file(m.tokenizer_path);
-    check_vocab(m, t, m.tokenizer_path);
-    return t;
-  }
-  throw format_error(o.model_path +
-                     ": the model holds no tokenizer and none lies beside it; pass --tokenizer "
-                     "FILE (a SentencePiece tokenizer.model)");
-}
-
 }  // namespace
 
 CalibrateResult calibrate(const CalibrateOptions& o, const CalibrateProgress& progress) {
@@ -142,7 +121,7 @@ CalibrateResult calibrate(const CalibrateOptions& o, const CalibrateProgress& pr
   check_gradient_device(o.device);
   const std::string text = read_text(o.data_path);  // before the model: fail fast
   Model m = load_model(o.model_path);
-  Tokenizer tok = open_tokenizer(m, o);
+  Tokenizer tok = open_tokenizer(m, o.tokenizer_path);
   if (o.seqlen > m.config.seq_len)
     std::fprintf(stderr, "warning: --seqlen %d is longer than the model's trained context %d\n",
                  o.seqlen, m.config.seq_len);

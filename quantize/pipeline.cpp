@@ -14,6 +14,7 @@
 
 #include "kernels/packed_layout.h"
 #include "kernels/parallel.h"
+#include "engine/engine.h"
 #include "model/errors.h"
 #include "quantize/sha256.h"
 
@@ -156,18 +157,8 @@ QuantizeResult quantize_model(const QuantizeOptions& o, const QuantizeProgress& 
   const Config& c = src.config;
 
   // The tokenizer goes into the file so that it is self-contained.
-  std::string tok_bytes = src.tokenizer_model;
-  std::string tok_source = "embedded";
-  if (!o.tokenizer_path.empty()) {
-    tok_bytes = read_bytes(o.tokenizer_path);
-    tok_source = o.tokenizer_path;
-  } else if (tok_bytes.empty() && !src.tokenizer_path.empty()) {
-    tok_bytes = read_bytes(src.tokenizer_path);
-    tok_source = src.tokenizer_path;
-  }
-  if (tok_bytes.empty())
-    throw format_error(o.model_path + ": the checkpoint holds no tokenizer and none lies beside "
-                       "it; pass --tokenizer FILE");
+  std::string tok_source;
+  const std::string tok_bytes = open_tokenizer(src, o.tokenizer_path, &tok_source).model_bytes();
 
   std::unique_ptr<SafeTensorsFile> grads;
   if (!o.gradients_path.empty()) grads = std::make_unique<SafeTensorsFile>(o.gradients_path);

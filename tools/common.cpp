@@ -1,12 +1,12 @@
 #include "tools/common.h"
 
+#include "quantize/pipeline.h"
+
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <random>
-#include <sstream>
 
 namespace sqz::tools {
 
@@ -94,13 +94,7 @@ bool parse(cxxopts::Options& o, int argc, char** argv, cxxopts::ParseResult* out
   return true;
 }
 
-std::string read_text_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw usage_error(path + ": cannot open file");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+std::string read_text_file(const std::string& path) { return read_bytes(path); }
 
 double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())

@@ -23,7 +23,7 @@ SamplerOptions sampler_options(const cxxopts::ParseResult& r);
 // turns cxxopts errors into usage_error. Prints help and returns false on --help.
 bool parse(cxxopts::Options& o, int argc, char** argv, cxxopts::ParseResult* out);
 
-std::string read_text_file(const std::string& path);  // throws usage_error naming the file
+std::string read_text_file(const std::string& path);  // throws format_error naming the file
 double now_seconds();
 std::string json_escape(const std::string& s);
 
