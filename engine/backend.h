@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/matmul.h"
 #include "model/model.h"
 
 namespace sqz {
@@ -59,6 +60,10 @@ class Backend {
   // Bytes of device (or host) memory the backend holds, for reports.
   virtual int64_t memory_bytes() const = 0;
 };
+
+// The kernels' element type for a dense F32/F16/BF16 tensor; format_error naming `what`
+// for any other dtype.
+MatType mat_type(DType t, const std::string& what);
 
 std::unique_ptr<Backend> make_cpu_backend(const Model& model, const BackendOptions& options);
 // engine/cuda_backend.cu; only in CUDA builds. Throws (one line: bytes needed and free) when

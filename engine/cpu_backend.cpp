@@ -7,7 +7,7 @@
 
 #include "engine/backend.h"
 #include "kernels/attention.h"
-#include "kernels/half.h"
+#include "kernels/embedding.h"
 #include "kernels/lut_gemv.h"
 #include "kernels/matmul.h"
 #include "kernels/parallel.h"
@@ -18,46 +18,12 @@
 
 namespace sqz {
 
-int Batch::n_logits() const {
-  int n = 0;
-  for (uint8_t w : want_logits) n += w != 0;
-  return n;
-}
-
-void Batch::validate(int max_batch, int n_seqs, int ctx, int vocab_size) const {
-  const int n = size();
-  if (pos.size() != size_t(n) || seq.size() != size_t(n) || want_logits.size() != size_t(n))
-    throw std::invalid_argument("batch: tokens, pos, seq and want_logits differ in length");
-  if (n > max_batch)
-    throw std::invalid_argument("batch of " + std::to_string(n) + " tokens exceeds max_batch " +
-                                std::to_string(max_batch));
-  for (int t = 0; t < n; t++) {
-    if (seq[t] < 0 || seq[t] >= n_seqs || pos[t] < 0 || pos[t] >= ctx)
-      throw std::out_of_range("token " + std::to_string(t) + " at seq " + std::to_string(seq[t]) +
-                              " pos " + std::to_string(pos[t]) + " is outside the KV cache (" +
-                              std::to_string(n_seqs) + " sequences x " + std::to_string(ctx) +
-                              " positions)");
-    if (tokens[t] < 0 || tokens[t] >= vocab_size)
-      throw std::out_of_range("token id " + std::to_string(tokens[t]) +
-                              " outside the vocabulary of " + std::to_string(vocab_size));
-  }
-}
-
 namespace {
 
 std::vector<float> to_f32(const TensorView& t) {
   std::vector<float> out(size_t(t.n_elems()));
   convert_to_f32(t.dtype, t.data, out.data(), out.size());
   return out;
-}
-
-MatType mat_type(DType t) {
-  switch (t) {
-    case DType::F32: return MatType::F32;
-    case DType::F16: return MatType::F16;
-    case DType::BF16: return MatType::BF16;
-    default: throw format_error("dense linear weights must be F32, F16 or BF16");
-  }
 }
 
 PackedMatrix packed_matrix(const LinearWeight& w) {
@@ -113,7 +79,8 @@ class CpuBackend : public Backend {
     hb_.resize(size_t(n) * hidden), hb2_.resize(size_t(n) * hidden);
     out_.resize(size_t(n) * dim);
 
-    for (int t = 0; t < n; t++) embed(b.tokens[t], x_.data() + size_t(t) * dim);
+    embedding(m_.tok_embeddings.data, mat_type(m_.tok_embeddings.dtype, "tok_embeddings"), dim,
+              b.tokens.data(), n, x_.data());
 
     std::vector<const float*> kp(n), vp(n);
     const size_t seq_stride = size_t(ctx_) * kv_dim;
@@ -161,22 +128,11 @@ class CpuBackend : public Backend {
   }
 
  private:
-  void embed(int token, float* out) const {
-    const TensorView& e = m_.tok_embeddings;
-    size_t off = size_t(token) * c_.dim;
-    if (e.dtype == DType::F32)
-      std::memcpy(out, reinterpret_cast<const float*>(e.data) + off, c_.dim * 4);
-    else if (e.dtype == DType::F16)
-      half_to_float_n(reinterpret_cast<const uint16_t*>(e.data) + off, out, c_.dim);
-    else
-      bfloat_to_float_n(reinterpret_cast<const uint16_t*>(e.data) + off, out, c_.dim);
-  }
-
   void linear(const LinearWeight& w, const float* x, int n, float* y) {
     if (w.kind == WeightKind::PACKED)
       lut_gemm(packed_matrix(w), x, n, y, pool_);
     else
-      matmul(mat_type(w.dtype), w.data, w.rows, w.cols, x, n, y, pool_);
+      matmul(mat_type(w.dtype, w.name), w.data, w.rows, w.cols, x, n, y, pool_);
   }
 
   const Model& m_;

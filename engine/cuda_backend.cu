@@ -130,15 +130,6 @@ struct CudaResources {
   }
 };
 
-MatType mat_type(DType t, const std::string& what) {
-  switch (t) {
-    case DType::F32: return MatType::F32;
-    case DType::F16: return MatType::F16;
-    case DType::BF16: return MatType::BF16;
-    default: throw format_error(what + " must be F32, F16 or BF16, not " + dtype_name(t));
-  }
-}
-
 // n elements of an F32/F16/BF16 array (possibly unaligned, as in a mapped file) to fp16.
 void to_f16(DType t, const void* src, uint16_t* dst, size_t n, ThreadPool& pool) {
   const uint8_t* s = static_cast<const uint8_t*>(src);

@@ -14,7 +14,7 @@
 
 #include "engine/engine.h"
 #include "kernels/attention_backward.h"
-#include "kernels/half.h"
+#include "kernels/embedding.h"
 #include "kernels/matmul_backward.h"
 #include "kernels/parallel.h"
 #include "kernels/rmsnorm.h"
@@ -53,14 +53,11 @@ std::vector<float> to_f32(const TensorView& t) {
 }
 
 MatType dense_type(const LinearWeight& w, const std::string& path) {
-  if (w.kind == WeightKind::DENSE) {
-    if (w.dtype == DType::F32) return MatType::F32;
-    if (w.dtype == DType::F16) return MatType::F16;
-    if (w.dtype == DType::BF16) return MatType::BF16;
-  }
-  throw format_error(path + ": " + w.name +
-                     " is not a dense F32/F16/BF16 weight; calibration needs the original "
-                     "checkpoint (not a packed .sqz model)");
+  if (w.kind != WeightKind::DENSE)
+    throw format_error(path + ": " + w.name +
+                       " is not a dense F32/F16/BF16 weight; calibration needs the original "
+                       "checkpoint (not a packed .sqz model)");
+  return mat_type(w.dtype, path + ": " + w.name);
 }
 
 // What the backward needs from one layer's forward, each [n_tokens, width].
@@ -148,27 +145,7 @@ class CpuGradients : public GradientBackend {
                         pool_);
   }
 
-  void embed(int token, float* out) const {
-    const TensorView& e = m_.tok_embeddings;
-    const size_t off = size_t(token) * c_.dim;
-    if (e.dtype == DType::F32)
-      std::memcpy(out, reinterpret_cast<const float*>(e.data) + off, size_t(c_.dim) * 4);
-    else if (e.dtype == DType::F16)
-      half_to_float_n(reinterpret_cast<const uint16_t*>(e.data) + off, out, c_.dim);
-    else
-      bfloat_to_float_n(reinterpret_cast<const uint16_t*>(e.data) + off, out, c_.dim);
-  }
 
-  void check_tokens(const int* tokens, int n) const {
-    if (n < 2)
-      throw std::invalid_argument("calibration sample of " + std::to_string(n) +
-                                  " tokens: need at least 2 (one predicted position)");
-    for (int t = 0; t < n; t++)
-      if (tokens[t] < 0 || tokens[t] >= c_.vocab_size)
-        throw std::out_of_range("token id " + std::to_string(tokens[t]) + " at position " +
-                                std::to_string(t) + " outside the vocabulary of " +
-                                std::to_string(c_.vocab_size));
-  }
 
   // Bytes of activations and scratch for a sample of n tokens (all layers saved).
   int64_t activation_bytes(int n) const {
@@ -191,7 +168,7 @@ class CpuGradients : public GradientBackend {
 
   // Forward (saving activations) and, with `backward`, the backward pass. Returns the loss.
   double run(const int* tokens, int n, bool backward) {
-    check_tokens(tokens, n);
+    check_calibration_tokens(tokens, n, c_.vocab_size);
     const int dim = c_.dim, q_dim = c_.q_dim(), kv_dim = c_.kv_dim(), hidden = c_.hidden_dim;
     const int H = c_.n_heads, hd = c_.head_dim, vocab = c_.vocab_size, L = c_.n_layers;
     const size_t nd = size_t(n);
@@ -201,7 +178,8 @@ class CpuGradients : public GradientBackend {
     act_.resize(nd * hidden);
 
     // ---- forward
-    for (int t = 0; t < n; t++) embed(tokens[t], x_.data() + size_t(t) * dim);
+    embedding(m_.tok_embeddings.data, mat_type(m_.tok_embeddings.dtype, "tok_embeddings"), dim,
+              tokens, n, x_.data());
     for (int l = 0; l < L; l++) {
       LayerActs& s = acts_[l];
       s.x_in = x_;
@@ -347,6 +325,17 @@ void check_gradient_device(const std::string& device) {
 #endif
   }
   throw std::invalid_argument("--device must be auto, cpu or cuda, not '" + device + "'");
+}
+
+void check_calibration_tokens(const int* tokens, int n, int vocab_size) {
+  if (n < 2)
+    throw std::invalid_argument("calibration sample of " + std::to_string(n) +
+                                " tokens: need at least 2 (one predicted position)");
+  for (int t = 0; t < n; t++)
+    if (tokens[t] < 0 || tokens[t] >= vocab_size)
+      throw std::out_of_range("token id " + std::to_string(tokens[t]) + " at position " +
+                              std::to_string(t) + " outside the vocabulary of " +
+                              std::to_string(vocab_size));
 }
 
 std::unique_ptr<GradientBackend> make_gradient_backend(const Model& m, const GradientOptions& o,

@@ -57,6 +57,10 @@ std::unique_ptr<GradientBackend> make_cpu_gradients(const Model& m, const Gradie
 // activations do not fit in the GPU's memory.
 std::unique_ptr<GradientBackend> make_cuda_gradients(const Model& m, const GradientOptions& o);
 
+// Throws (one line) unless a calibration sample has at least 2 tokens (one predicted
+// position) and every token lies in [0, vocab_size). Both gradient backends call it.
+void check_calibration_tokens(const int* tokens, int n, int vocab_size);
+
 // device: "cpu", "cuda" or "auto" (the GPU when cuda_available(), else the CPU). "cuda"
 // throws a one-line error when this build has no CUDA or no GPU is present.
 // check_gradient_device throws the same error without a model, so tools can fail before

@@ -449,16 +449,6 @@ class CudaGradients : public GradientBackend {
   }
 
   // ---- the pass ---------------------------------------------------------------------------
-  void check_tokens(const int* tokens, int n) const {
-    if (n < 2)
-      throw std::invalid_argument("calibration sample of " + std::to_string(n) +
-                                  " tokens: need at least 2 (one predicted position)");
-    for (int t = 0; t < n; t++)
-      if (tokens[t] < 0 || tokens[t] >= c_.vocab_size)
-        throw std::out_of_range("token id " + std::to_string(tokens[t]) + " at position " +
-                                std::to_string(t) + " outside the vocabulary of " +
-                                std::to_string(c_.vocab_size));
-  }
 
   // y[n, rows] (+)= x[n, cols] W^T
   void linear(int l, int which, const float* x, int n, float* y, bool accumulate) {
@@ -495,7 +485,7 @@ class CudaGradients : public GradientBackend {
   // `grads` the dW themselves to the host. Returns the loss. Everything is enqueued on one
   // stream; the one synchronisation waits for the per-position NLL at the end.
   double run(const int* tokens, int n, bool backward, float* const* grads) {
-    check_tokens(tokens, n);
+    check_calibration_tokens(tokens, n, c_.vocab_size);
     ensure_capacity(n);
     grads_ = grads;
     const int dim = c_.dim, hidden = c_.hidden_dim, L = c_.n_layers;

@@ -123,14 +123,7 @@ void LogitsReader::read_chunk(int chunk, float* logits, int* targets) {
 }
 
 void KlStats::add(const float* base, const float* run, int vocab) {
-  auto lse = [vocab](const float* x) {
-    double mx = x[0];
-    for (int i = 1; i < vocab; i++) mx = std::max(mx, double(x[i]));
-    double s = 0;
-    for (int i = 0; i < vocab; i++) s += std::exp(double(x[i]) - mx);
-    return mx + std::log(s);
-  };
-  double lb = lse(base), lr = lse(run), kl = 0;
+  double lb = log_sum_exp(base, vocab), lr = log_sum_exp(run, vocab), kl = 0;
   int ab = 0, ar = 0;
   for (int i = 0; i < vocab; i++) {
     double pb = double(base[i]) - lb, pr = double(run[i]) - lr;

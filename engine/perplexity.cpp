@@ -17,12 +17,16 @@ double NllStats::ppl_stderr() const {
   return var > 0 ? ppl() * std::sqrt(var / (count - 1)) : 0;
 }
 
-double token_nll(const float* logits, int vocab, int target) {
-  double mx = logits[0];
-  for (int i = 1; i < vocab; i++) mx = std::max(mx, double(logits[i]));
+double log_sum_exp(const float* x, int n) {
+  double mx = x[0];
+  for (int i = 1; i < n; i++) mx = std::max(mx, double(x[i]));
   double sum = 0;
-  for (int i = 0; i < vocab; i++) sum += std::exp(double(logits[i]) - mx);
-  return std::log(sum) + mx - logits[target];
+  for (int i = 0; i < n; i++) sum += std::exp(double(x[i]) - mx);
+  return mx + std::log(sum);
+}
+
+double token_nll(const float* logits, int vocab, int target) {
+  return log_sum_exp(logits, vocab) - logits[target];
 }
 
 int perplexity_chunks(size_t n_tokens, const PerplexityOptions& o) {

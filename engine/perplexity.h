@@ -52,6 +52,9 @@ NllStats perplexity(Backend& be, const std::vector<int>& tokens, const Perplexit
                     const std::function<void(const ChunkReport&)>& on_chunk,
                     const ScoredLogits& scored = nullptr);
 
+// log(sum_i exp(x_i)) over one row of logits, in double (max-shifted).
+double log_sum_exp(const float* x, int n);
+
 // Log-softmax NLL of `target` under one row of logits, in double.
 double token_nll(const float* logits, int vocab, int target);
 

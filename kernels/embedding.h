@@ -1,7 +1,14 @@
-// Token embedding lookup: out[t, :] = table[tokens[t], :] as fp32. The CPU backend does this
-// inline (CpuBackend::embed, a row copy/conversion); the CUDA version is here.
+// Token embedding lookup: out[t, :] = table[tokens[t], :] as fp32.
 #pragma once
 #include "kernels/matmul.h"  // MatType: the table's element type
+
+namespace sqz {
+
+// CPU: table [vocab, dim] of `type`; tokens already checked to lie in [0, vocab).
+void embedding(const void* table, MatType type, int dim, const int* tokens, int n_tokens,
+               float* out);
+
+}  // namespace sqz
 
 #ifdef SQZ_WITH_CUDA
 #include <cuda_runtime_api.h>
