@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "quantize/kmeans_dp.h"
 #include "quantize/quantize_internal.h"
 #include "quantize/quantizer.h"
 
@@ -119,26 +120,33 @@ KMeans1D finish(const float* x, int n, const std::vector<double>& centroids,
 // 1e-15 of the total, which keeps S0 strictly increasing; a weight that small moves no
 // cost by more than the prefix sums' own rounding. Centroids and the reported cost use the
 // true weights.
+//
+// Every sum and cost goes through quantize/kmeans_dp.h, which quantize/kmeans.cu repeats
+// exactly (this file is compiled without FMA contraction).
 struct SegmentCost {
   const double *s0, *s1, *s2;  // [m + 1] prefix sums
 
   // out[i - i_begin] = prev[i] + cost(i, j) for i in [i_begin, i_end]: a branch-free loop
   // the compiler vectorises (the divisions dominate the whole k-means).
   void candidates(const double* prev, int i_begin, int i_end, int j, double* out) const {
-    const double a0 = s0[j], a1 = s1[j], a2 = s2[j];
-    for (int i = i_begin; i <= i_end; i++) {
-      const double w1 = a1 - s1[i];
-      const double c = (a2 - s2[i]) - w1 * w1 / (a0 - s0[i]);
-      out[i - i_begin] = prev[i] + (c > 0 ? c : 0.0);
-    }
+    for (int i = i_begin; i <= i_end; i++)
+      out[i - i_begin] = kmeans_dp_candidate(prev, s0, s1, s2, i, j);
   }
-  // The same for one i (the same operations, so the same rounding).
   double candidate(const double* prev, int i, int j) const {
-    const double w1 = s1[j] - s1[i];
-    const double c = (s2[j] - s2[i]) - w1 * w1 / (s0[j] - s0[i]);
-    return prev[i] + (c > 0 ? c : 0.0);
+    return kmeans_dp_candidate(prev, s0, s1, s2, i, j);
   }
 };
+
+// Blocked sums of dw and dw * dx over [a, b) (the order kmeans_dp.h defines).
+void blocked_sums(const double* dx, const double* dw, int a, int b, double* sw, double* swx) {
+  double tw = 0, twx = 0;
+  for (int t0 = a; t0 < b; t0 += kKMeansChunk) {
+    double cw, cwx;
+    kmeans_chunk_sums(dx, dw, t0, std::min(b, t0 + kKMeansChunk), &cw, &cwx);
+    tw = tw + cw, twx = twx + cwx;
+  }
+  *sw = tw, *swx = twx;
+}
 
 // Index of the first minimum of v[0..n).
 int first_min(const double* v, int n) {
@@ -203,16 +211,21 @@ std::vector<double> exact_centroids(int k, KMeansWorkspace& ws) {
   const double* dx = ws.dx.data();
   const double* dw = ws.dw.data();
 
-  double sw = 0, swx = 0;
-  for (int t = 0; t < m; t++) sw += dw[t], swx += dw[t] * dx[t];
+  double sw, swx;
+  blocked_sums(dx, dw, 0, m, &sw, &swx);
   const double centre = swx / sw, w_floor = sw * 1e-15;
   ws.s0.resize(m + 1), ws.s1.resize(m + 1), ws.s2.resize(m + 1);
   ws.s0[0] = ws.s1[0] = ws.s2[0] = 0;
-  for (int t = 0; t < m; t++) {
-    const double xc = dx[t] - centre, w = std::max(dw[t], w_floor);
-    ws.s0[t + 1] = ws.s0[t] + w;
-    ws.s1[t + 1] = ws.s1[t] + w * xc;
-    ws.s2[t + 1] = ws.s2[t] + w * xc * xc;
+  // Blocked prefix sums: each chunk's running sums, then the sum of the chunks before it
+  // (from 0, left to right) added to every entry of the chunk.
+  double b0 = 0, b1 = 0, b2 = 0;
+  for (int t0 = 0; t0 < m; t0 += kKMeansChunk) {
+    const int t1 = std::min(m, t0 + kKMeansChunk);
+    kmeans_prefix_chunk(dx, dw, centre, w_floor, t0, t1, ws.s0.data(), ws.s1.data(), ws.s2.data());
+    const double c0 = ws.s0[t1], c1 = ws.s1[t1], c2 = ws.s2[t1];
+    for (int t = t0 + 1; t <= t1; t++)
+      ws.s0[t] = b0 + ws.s0[t], ws.s1[t] = b1 + ws.s1[t], ws.s2[t] = b2 + ws.s2[t];
+    b0 = b0 + c0, b1 = b1 + c1, b2 = b2 + c2;
   }
   const SegmentCost cost{ws.s0.data(), ws.s1.data(), ws.s2.data()};
 
@@ -246,8 +259,8 @@ std::vector<double> exact_centroids(int k, KMeansWorkspace& ws) {
   start[0] = 0;
   std::vector<double> centroids(k);
   for (int c = 0; c < k; c++) {
-    double cw = 0, cwx = 0;
-    for (int t = start[c]; t < start[c + 1]; t++) cw += dw[t], cwx += dw[t] * dx[t];
+    double cw, cwx;
+    blocked_sums(dx, dw, start[c], start[c + 1], &cw, &cwx);
     centroids[c] = cwx / cw;
   }
   return centroids;
@@ -346,12 +359,24 @@ std::vector<double> lloyd(std::vector<double> c, int max_iter, KMeansWorkspace& 
 
 }  // namespace
 
-KMeans1D kmeans_1d_exact(const float* x, const float* w, int n, int k, KMeansWorkspace& ws) {
+std::vector<double> kmeans_1d_exact_centroids(const float* x, const float* w, int n, int k,
+                                              KMeansWorkspace& ws) {
   check_inputs("kmeans_1d_exact", x, w, n, k);
   effective_weights(w, n, ws);
   distinct_values(x, n, ws);
-  if (int(ws.dx.size()) <= k) return finish(x, n, degenerate_centroids(ws, k), ws);
-  return finish(x, n, exact_centroids(k, ws), ws);
+  if (int(ws.dx.size()) <= k) return degenerate_centroids(ws, k);
+  return exact_centroids(k, ws);
+}
+
+KMeans1D kmeans_1d_finish(const float* x, const float* w, int n, const double* centroids, int k,
+                          KMeansWorkspace& ws) {
+  effective_weights(w, n, ws);
+  return finish(x, n, std::vector<double>(centroids, centroids + k), ws);
+}
+
+KMeans1D kmeans_1d_exact(const float* x, const float* w, int n, int k, KMeansWorkspace& ws) {
+  const std::vector<double> c = kmeans_1d_exact_centroids(x, w, n, k, ws);
+  return finish(x, n, c, ws);
 }
 
 KMeans1D kmeans_1d_lloyd(const float* x, const float* w, int n, int k, uint64_t seed, int max_iter,

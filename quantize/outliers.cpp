@@ -7,10 +7,14 @@
 // The result is the union. Order statistics use nth_element on a copy (O(n)), never a full
 // sort: a module has up to ~45M entries.
 #include <algorithm>
+#include <atomic>
+#include <functional>
 #include <cmath>
 #include <stdexcept>
 #include <string>
 
+#include "kernels/parallel.h"
+#include "quantize/quantize_cuda.h"
 #include "quantize/quantize_internal.h"
 #include "quantize/quantizer.h"
 
@@ -30,15 +34,22 @@ int64_t percent_count(double pct, int64_t n) {
 // Marks (flag |= bit) the `count` entries with the largest key. Entries equal to the
 // cut-off value are taken in position order, so the choice is deterministic. tmp is
 // scratch (a module can have 45M entries: one copy at a time).
-void mark_top(const std::vector<float>& key, int64_t count, uint8_t bit,
-              std::vector<uint8_t>& flags, std::vector<float>& tmp) {
-  const int64_t n = int64_t(key.size());
+void mark_top(const float* key, int64_t n, int64_t count, uint8_t bit, std::vector<uint8_t>& flags,
+              std::vector<float>& tmp, bool use_cuda) {
   if (count <= 0) return;
   if (count >= n) {
     for (auto& f : flags) f |= bit;
     return;
   }
-  tmp.assign(key.begin(), key.end());
+#ifdef SQZ_WITH_CUDA
+  if (use_cuda) {
+    for (int64_t i : top_count_positions_cuda(key, n, count)) flags[i] |= bit;
+    return;
+  }
+#else
+  (void)use_cuda;
+#endif
+  tmp.assign(key, key + n);
   std::nth_element(tmp.begin(), tmp.begin() + (n - count), tmp.end());
   const float cut = tmp[n - count];  // the count-th largest key
   int64_t n_above = 0;
@@ -52,13 +63,30 @@ void mark_top(const std::vector<float>& key, int64_t count, uint8_t bit,
   }
 }
 
+// fn(begin, end) over [0, n), on the pool when there is one.
+void for_range(ThreadPool* pool, int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+  if (pool)
+    pool->parallel_for(n, fn, 1 << 16);
+  else
+    fn(0, n);
+}
+
 // The q-quantile of a (reordered in place) with numpy's default "linear" method: the
 // order statistics at floor(q (n-1)) and the next one, linearly interpolated.
-double quantile_linear(std::vector<float>& a, double q) {
+double quantile_linear(std::vector<float>& a, double q, bool use_cuda) {
   const int64_t n = int64_t(a.size());
   const double pos = q * double(n - 1);
   const int64_t lo = int64_t(std::floor(pos));
   const double frac = pos - double(lo);
+#ifdef SQZ_WITH_CUDA
+  if (use_cuda) {
+    const std::vector<float> v = order_statistics_cuda(a.data(), n, {lo, std::min(lo + 1, n - 1)});
+    if (lo + 1 >= n || frac == 0) return v[0];
+    return double(v[0]) + frac * (double(v[1]) - double(v[0]));
+  }
+#else
+  (void)use_cuda;
+#endif
   std::nth_element(a.begin(), a.begin() + lo, a.end());
   const double v_lo = a[lo];
   if (lo + 1 >= n || frac == 0) return v_lo;
@@ -71,7 +99,7 @@ double quantile_linear(std::vector<float>& a, double q) {
 }  // namespace
 
 OutlierSet select_outliers_with_rules(const float* w, const float* fisher, int rows, int cols,
-                                      const OutlierOptions& o) {
+                                      const OutlierOptions& o, ThreadPool* pool) {
   if (rows < 0 || cols < 0)
     throw std::invalid_argument("select_outliers: negative shape [" + std::to_string(rows) + ", " +
                                 std::to_string(cols) + "]");
@@ -90,37 +118,56 @@ OutlierSet select_outliers_with_rules(const float* w, const float* fisher, int r
         "select_outliers: sensitive_pct > 0 needs the sensitivity (Fisher) matrix");
 
   const int64_t n = int64_t(rows) * cols;
-  for (int64_t i = 0; i < n; i++)
-    if (!std::isfinite(w[i]))
-      throw std::invalid_argument("select_outliers: weight at row " + std::to_string(i / cols) +
-                                  ", col " + std::to_string(i % cols) + " is not finite");
+  // The first entry (in position order) that fails a check, found in parallel.
+  auto first_bad = [&](auto&& bad) {
+    std::atomic<int64_t> first{n};
+    for_range(pool, n, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e && i < first; i++)
+        if (bad(i)) {
+          int64_t cur = first;
+          while (i < cur && !first.compare_exchange_weak(cur, i)) {
+          }
+          break;
+        }
+    });
+    return int64_t(first);
+  };
+  const int64_t bad_w = first_bad([&](int64_t i) { return !std::isfinite(w[i]); });
+  if (bad_w < n)
+    throw std::invalid_argument("select_outliers: weight at row " + std::to_string(bad_w / cols) +
+                                ", col " + std::to_string(bad_w % cols) + " is not finite");
 
   std::vector<uint8_t> flags(n, 0);
-  std::vector<float> key, tmp;
+  std::vector<float> mag, tmp;
   if (n > 0 && (o.magnitude_pct > 0 || o.iqr_range > 0)) {
-    std::vector<float>& mag = key;
     mag.resize(n);
-    for (int64_t i = 0; i < n; i++) mag[i] = std::fabs(w[i]);
-    mark_top(mag, percent_count(o.magnitude_pct, n), OUTLIER_RULE_MAGNITUDE, flags, tmp);
+    for_range(pool, n, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; i++) mag[i] = std::fabs(w[i]);
+    });
+    mark_top(mag.data(), n, percent_count(o.magnitude_pct, n), OUTLIER_RULE_MAGNITUDE, flags, tmp,
+             o.use_cuda);
     if (o.iqr_range > 0) {
       tmp.assign(w, w + n);
-      const double q1 = quantile_linear(tmp, 0.25), q3 = quantile_linear(tmp, 0.75);
+      const double q1 = quantile_linear(tmp, 0.25, o.use_cuda), q3 = quantile_linear(tmp, 0.75, o.use_cuda);
       const double iqr = q3 - q1;
       const double t =
           std::max(std::fabs(q1 - o.iqr_range * iqr), std::fabs(q3 + o.iqr_range * iqr));
-      for (int64_t i = 0; i < n; i++)
-        if (double(mag[i]) > t) flags[i] |= OUTLIER_RULE_MAGNITUDE;
+      for_range(pool, n, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; i++)
+          if (double(mag[i]) > t) flags[i] |= OUTLIER_RULE_MAGNITUDE;
+      });
     }
   }
   if (n > 0 && o.sensitive_pct > 0) {
-    for (int64_t i = 0; i < n; i++)
-      if (!(std::isfinite(fisher[i]) && fisher[i] >= 0))
-        throw std::invalid_argument("select_outliers: sensitivity at row " +
-                                    std::to_string(i / cols) + ", col " + std::to_string(i % cols) +
-                                    " is " + std::to_string(fisher[i]) +
-                                    " (expected finite and >= 0)");
-    key.assign(fisher, fisher + n);
-    mark_top(key, percent_count(o.sensitive_pct, n), OUTLIER_RULE_SENSITIVE, flags, tmp);
+    const int64_t bad_f =
+        first_bad([&](int64_t i) { return !(std::isfinite(fisher[i]) && fisher[i] >= 0); });
+    if (bad_f < n)
+      throw std::invalid_argument("select_outliers: sensitivity at row " +
+                                  std::to_string(bad_f / cols) + ", col " +
+                                  std::to_string(bad_f % cols) + " is " +
+                                  std::to_string(fisher[bad_f]) + " (expected finite and >= 0)");
+    mark_top(fisher, n, percent_count(o.sensitive_pct, n), OUTLIER_RULE_SENSITIVE, flags, tmp,
+             o.use_cuda);
   }
 
   OutlierSet s;

@@ -4,7 +4,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <chrono>
+#include <future>
 #include <cmath>
 #include <ctime>
 #include <set>
@@ -36,11 +38,21 @@ LinearWeight* slot(LayerWeights& l, int i) {
 // The weight the quantizer reproduces is the checkpoint's, rounded to FP16 (the identity for
 // FP16 checkpoints; BF16 values lose only bits below FP16's subnormal range, 2^-24): outliers
 // are stored in FP16, so this is the precision "exact" can mean.
-std::vector<float> to_f32(const LinearWeight& w) {
+// Converted in parallel chunks (a LLaMA-7B module has 45M values).
+void convert_parallel(DType dtype, const void* src, float* dst, size_t n, ThreadPool& pool) {
+  const size_t elem = dtype_size(dtype);
+  pool.parallel_for(int64_t(n), [&](int64_t b, int64_t e) {
+    convert_to_f32(dtype, static_cast<const char*>(src) + size_t(b) * elem, dst + b, size_t(e - b));
+  }, 1 << 16);
+}
+
+std::vector<float> to_f32(const LinearWeight& w, ThreadPool& pool) {
   std::vector<float> out(size_t(w.rows) * w.cols);
-  convert_to_f32(w.dtype, w.data, out.data(), out.size());
+  convert_parallel(w.dtype, w.data, out.data(), out.size(), pool);
   if (w.dtype != DType::F16)
-    for (float& v : out) v = f16_to_f32(f32_to_f16(v));
+    pool.parallel_for(int64_t(out.size()), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; i++) out[i] = f16_to_f32(f32_to_f16(out[i]));
+    }, 1 << 16);
   return out;
 }
 
@@ -94,7 +106,7 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-std::string hash_checkpoint(const Model& m) {
+std::string hash_checkpoint(const Model& m, const std::atomic<bool>* cancel) {
   // The weights files that make up the checkpoint (a folder's safetensors, or the file).
   struct stat st;
   std::vector<std::string> files;
@@ -112,9 +124,18 @@ std::string hash_checkpoint(const Model& m) {
     files.push_back(m.path);
   }
   std::string out;
-  for (auto& f : files) out += (out.empty() ? "" : ",") + sha256_file(f);
+  for (auto& f : files) out += (out.empty() ? "" : ",") + sha256_file(f, cancel);
   return out;
 }
+
+// The provenance hashes (tens of GB for a 7B checkpoint and its gradients: a minute or more
+// at one core's SHA-256 speed) run on their own threads while the model is quantized. When
+// quantizing fails, the destructor cancels them instead of waiting for them.
+struct BackgroundHashes {
+  std::atomic<bool> cancel{false};
+  std::future<std::string> source, gradients;
+  ~BackgroundHashes() { cancel = true; }
+};
 
 }  // namespace
 
@@ -126,12 +147,13 @@ std::string read_bytes(const std::string& path) {
   return ss.str();
 }
 
-std::string sha256_file(const std::string& path) {
+std::string sha256_file(const std::string& path, const std::atomic<bool>* cancel) {
   std::ifstream f(path, std::ios::binary);
   if (!f) throw format_error(path + ": cannot open file");
   Sha256 h;
   std::vector<char> buf(1 << 20);
   while (f) {
+    if (cancel && *cancel) return "";
     f.read(buf.data(), std::streamsize(buf.size()));
     h.update(buf.data(), size_t(f.gcount()));
   }
@@ -173,6 +195,12 @@ QuantizeResult quantize_model(const QuantizeOptions& o, const QuantizeProgress& 
   }
   std::set<std::string> used_keys;
 
+  BackgroundHashes hashes;
+  hashes.source = std::async(std::launch::async, [&] { return hash_checkpoint(src, &hashes.cancel); });
+  if (!o.gradients_path.empty() && o.gradients_note.empty())
+    hashes.gradients = std::async(std::launch::async,
+                                  [&] { return sha256_file(o.gradients_path, &hashes.cancel); });
+
   ThreadPool pool(o.n_threads);
   Model& m = res.model;
   m = src;  // views into the source files (kept alive through storage)
@@ -196,7 +224,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o, const QuantizeProgress& 
       dst = w;  // written as F16 by save_packed
       rep.bits = 16, rep.n_bytes = int64_t(w.rows) * w.cols * 2, rep.effective_bits = 16;
     } else {
-      std::vector<float> wf = to_f32(w);
+      std::vector<float> wf = to_f32(w, pool);
       std::vector<float> fisher;
       if (grads && !grad_name.empty()) {
         if (!grads->has(grad_name))
@@ -210,16 +238,22 @@ QuantizeResult quantize_model(const QuantizeOptions& o, const QuantizeProgress& 
           throw format_error(o.gradients_path + ": tensor '" + grad_name + "' has dtype " +
                              dtype_name(g.dtype) + ", expected F32, F16 or BF16");
         std::vector<float> gf(size_t(w.rows) * w.cols);
-        convert_to_f32(g.dtype, g.data, gf.data(), gf.size());
-        for (float v : gf)
-          if (!(v >= 0) || !std::isfinite(v))
-            throw format_error(o.gradients_path + ": tensor '" + grad_name +
-                               "' holds a negative, NaN or Inf value (expected squared gradients)");
+        convert_parallel(g.dtype, g.data, gf.data(), gf.size(), pool);
+        std::atomic<bool> bad{false};
+        pool.parallel_for(int64_t(gf.size()), [&](int64_t b, int64_t e) {
+          for (int64_t i = b; i < e; i++)
+            if (!(gf[i] >= 0) || !std::isfinite(gf[i])) bad = true;
+        }, 1 << 16);
+        if (bad)
+          throw format_error(o.gradients_path + ": tensor '" + grad_name +
+                             "' holds a negative, NaN or Inf value (expected squared gradients)");
         if (rope_rows) {  // HF rotate-half rows -> the interleaved rows of the loaded weight
           fisher.resize(gf.size());
-          for (int r = 0; r < w.rows; r++)
-            std::copy_n(gf.data() + size_t(r) * w.cols, w.cols,
-                        fisher.data() + size_t(rope_row_hf_to_interleaved(r, c.head_dim)) * w.cols);
+          pool.parallel_for(w.rows, [&](int64_t b, int64_t e) {
+            for (int64_t r = b; r < e; r++)
+              std::copy_n(gf.data() + size_t(r) * w.cols, w.cols,
+                          fisher.data() + size_t(rope_row_hf_to_interleaved(int(r), c.head_dim)) * w.cols);
+          });
         } else {
           fisher.swap(gf);
         }
@@ -242,11 +276,14 @@ QuantizeResult quantize_model(const QuantizeOptions& o, const QuantizeProgress& 
         rep.n_bytes = int64_t(w.rows) * w.cols * 2;
         rep.effective_bits = s.q.bits + 32.0 / s.q.rtn_group;  // + fp16 scale and zero per group
       } else {
+        rep.seconds_load = now_s() - t0;
         LinearQuantOptions qo = s.q;
         if (fisher.empty()) qo.outliers.sensitive_pct = 0;  // nothing to rank by
         auto q = std::make_shared<QuantizedLinear>(quantize_linear(
             wf.data(), fisher.empty() ? nullptr : fisher.data(), w.rows, w.cols, qo, pool));
         rep.weighted_err = q->weighted_err, rep.sq_err = q->sq_err, rep.sq_norm = q->sq_norm;
+        rep.seconds_outliers = q->seconds_outliers, rep.seconds_kmeans = q->seconds_kmeans;
+        rep.seconds_rows = q->seconds_rows;
         m.storage.push_back(q);
         dst = LinearWeight();
         dst.name = name, dst.rows = w.rows, dst.cols = w.cols, dst.kind = WeightKind::PACKED;
@@ -311,13 +348,15 @@ QuantizeResult quantize_model(const QuantizeOptions& o, const QuantizeProgress& 
   std::time_t now = std::time(nullptr);
   char date[32];
   std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  const double t_hash = now_s();
   json prov = {{"source", o.model_path},
                {"source_format", src.format},
-               {"source_sha256", hash_checkpoint(src)},
+               {"source_sha256", hashes.source.get()},
                {"tokenizer", tok_source},
-               {"gradients", o.gradients_path},
-               {"gradients_sha256", o.gradients_path.empty() ? "" : sha256_file(o.gradients_path)},
+               {"gradients", o.gradients_note.empty() ? o.gradients_path : o.gradients_note},
+               {"gradients_sha256", hashes.gradients.valid() ? hashes.gradients.get() : ""},
                {"date", date}};
+  res.seconds_hash_wait = now_s() - t_hash;
   if (grads) prov["gradients_metadata"] = grads->metadata();
   res.metadata["sqz.quant"] = quant.dump();
   res.metadata["sqz.provenance"] = prov.dump();

@@ -3,6 +3,7 @@
 // report prints. The result is an in-memory Model whose linears are packed views, ready to
 // run (sweep, tests) or to write with save_packed.
 #pragma once
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
@@ -24,6 +25,9 @@ struct QuantizeOptions {
   std::string model_path;
   std::string tokenizer_path;   // when the checkpoint holds none and none lies beside it
   std::string gradients_path;   // squared gradients (safetensors, checkpoint tensor names)
+  // Non-empty: the gradients file is temporary (quantize --calibrate); the provenance records
+  // this note instead of its path and hash (its metadata, with the calibration settings, is kept).
+  std::string gradients_note;
   std::string overrides_path;   // JSON: per-module settings
   ModuleSettings base;
   bool quantize_head = false;   // the output head stays FP16 unless asked
@@ -45,6 +49,9 @@ struct ModuleReport {
   int64_t n_bytes = 0;   // as stored in the packed file (RTN: see effective_bits)
   double effective_bits = 16;  // bits per weight incl. LUT/CSR (RTN: bits + 32/group)
   double seconds = 0;
+  // where the time went: converting the weights and gradients, choosing outliers, the
+  // GPU k-means (0 on the CPU, where it is part of rows), the per-row work
+  double seconds_load = 0, seconds_outliers = 0, seconds_kmeans = 0, seconds_rows = 0;
 };
 
 struct QuantizeResult {
@@ -58,6 +65,7 @@ struct QuantizeResult {
   int report_rows = 0, report_cols = 0;
   std::vector<int64_t> report_outliers;  // flat positions in the chosen module
   double seconds = 0;
+  double seconds_hash_wait = 0;  // waiting at the end for the provenance hashes
   int64_t fp16_bytes() const;   // the same model all in FP16
   int64_t linear_params() const;
 };
@@ -77,7 +85,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o, const QuantizeProgress& 
 
 // Reads the whole file at `path` (tokenizer bytes for embedding).
 std::string read_bytes(const std::string& path);
-// sha256 of a file, hex (provenance).
-std::string sha256_file(const std::string& path);
+// sha256 of a file, hex (provenance); "" once *cancel becomes true.
+std::string sha256_file(const std::string& path, const std::atomic<bool>* cancel = nullptr);
 
 }  // namespace sqz

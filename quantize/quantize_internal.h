@@ -45,6 +45,14 @@ struct KMeansWorkspace {
   std::vector<int> assign;                                        // Lloyd
 };
 
+// The exact k-means in two steps: the optimal centroids (double, before rounding to float),
+// as the CUDA version (quantize/quantize_cuda.h) computes them bit for bit, then the float
+// centroids, assignments and cost from any such centroids.
+std::vector<double> kmeans_1d_exact_centroids(const float* x, const float* w, int n, int k,
+                                              KMeansWorkspace& ws);
+KMeans1D kmeans_1d_finish(const float* x, const float* w, int n, const double* centroids, int k,
+                          KMeansWorkspace& ws);
+
 // kmeans_1d_exact / kmeans_1d_lloyd with caller-owned buffers (same results).
 KMeans1D kmeans_1d_exact(const float* x, const float* w, int n, int k, KMeansWorkspace& ws);
 KMeans1D kmeans_1d_lloyd(const float* x, const float* w, int n, int k, uint64_t seed, int max_iter,
@@ -62,7 +70,8 @@ struct OutlierSet {
 };
 
 // select_outliers with the rule(s) behind each position, for the statistics.
+// pool: the checks and passes over the module run on it (null: on the caller's thread).
 OutlierSet select_outliers_with_rules(const float* w, const float* fisher, int rows, int cols,
-                                      const OutlierOptions& o);
+                                      const OutlierOptions& o, ThreadPool* pool = nullptr);
 
 }  // namespace sqz

@@ -7,6 +7,9 @@
 //            statistics (no indices, LUT or CSR, no outliers); the caller stores the dense
 //            weights from rtn_quantize() as fp16.
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <climits>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -14,6 +17,7 @@
 #include "kernels/packed_layout.h"
 #include "kernels/parallel.h"
 #include "model/dtype.h"
+#include "quantize/quantize_cuda.h"
 #include "quantize/quantize_internal.h"
 #include "quantize/quantizer.h"
 
@@ -130,8 +134,9 @@ void choose_outlier_indices(float* lutf, int k, RowScratch& s, int n, int row) {
                            " cannot be stored exactly");
 }
 
+// gpu_centroids: the row's k-means centroids from kmeans_exact_rows_cuda (null: computed here).
 void quantize_row(const float* w, const float* fisher, int r, int cols, const LinearQuantOptions& o,
-                  QuantizedLinear& q, RowStats& st, RowScratch& s) {
+                  const double* gpu_centroids, QuantizedLinear& q, RowStats& st, RowScratch& s) {
   const int k = 1 << o.bits;
   const float* row = w + int64_t(r) * cols;
   const float* frow = fisher ? fisher + int64_t(r) * cols : nullptr;
@@ -151,10 +156,11 @@ void quantize_row(const float* w, const float* fisher, int r, int cols, const Li
     if (frow) s.fs.push_back(frow[c]);
   }
   const int n_in = int(s.xs.size());
+  const float* fs = frow ? s.fs.data() : nullptr;
   const KMeans1D km =
-      o.exact_kmeans ? kmeans_1d_exact(s.xs.data(), frow ? s.fs.data() : nullptr, n_in, k, s.kmeans)
-                     : kmeans_1d_lloyd(s.xs.data(), frow ? s.fs.data() : nullptr, n_in, k,
-                                       o.seed + r, 50, s.kmeans);
+      gpu_centroids  ? kmeans_1d_finish(s.xs.data(), fs, n_in, gpu_centroids, k, s.kmeans)
+      : o.exact_kmeans ? kmeans_1d_exact(s.xs.data(), fs, n_in, k, s.kmeans)
+                       : kmeans_1d_lloyd(s.xs.data(), fs, n_in, k, o.seed + r, 50, s.kmeans);
 
   // fp16 LUT. Rounding is monotone, so it stays ascending (equal neighbours allowed).
   uint16_t* lut = q.lut.data() + int64_t(r) * k;
@@ -209,16 +215,31 @@ void check_shape(int rows, int cols) {
 
 // Finite weights everywhere, finite non-negative sensitivities: checked once here so the
 // message names the matrix position.
-void check_values(const float* w, const float* fisher, int rows, int cols) {
-  for (int r = 0; r < rows; r++)
-    for (int c = 0; c < cols; c++) {
-      const int64_t i = int64_t(r) * cols + c;
-      if (!std::isfinite(w[i]))
-        throw std::invalid_argument("quantize_linear: weight at " + at(r, c) + " is not finite");
-      if (fisher && !(std::isfinite(fisher[i]) && fisher[i] >= 0))
-        throw std::invalid_argument("quantize_linear: sensitivity at " + at(r, c) + " is " +
-                                    std::to_string(fisher[i]) + " (expected finite and >= 0)");
-    }
+void check_values(const float* w, const float* fisher, int rows, int cols, ThreadPool& pool) {
+  // Rows checked in parallel; the first bad row (in row order) is then reported.
+  std::atomic<int> bad_row{INT_MAX};
+  pool.parallel_for(rows, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e && r < bad_row; r++)
+      for (int c = 0; c < cols; c++) {
+        const int64_t i = r * cols + c;
+        if (!std::isfinite(w[i]) || (fisher && !(std::isfinite(fisher[i]) && fisher[i] >= 0))) {
+          int cur = bad_row;
+          while (r < cur && !bad_row.compare_exchange_weak(cur, int(r))) {
+          }
+          break;
+        }
+      }
+  });
+  if (bad_row == INT_MAX) return;
+  const int r = bad_row;
+  for (int c = 0; c < cols; c++) {
+    const int64_t i = int64_t(r) * cols + c;
+    if (!std::isfinite(w[i]))
+      throw std::invalid_argument("quantize_linear: weight at " + at(r, c) + " is not finite");
+    if (fisher && !(std::isfinite(fisher[i]) && fisher[i] >= 0))
+      throw std::invalid_argument("quantize_linear: sensitivity at " + at(r, c) + " is " +
+                                  std::to_string(fisher[i]) + " (expected finite and >= 0)");
+  }
 }
 
 }  // namespace
@@ -230,7 +251,7 @@ QuantizedLinear quantize_linear(const float* w, const float* fisher, int rows, i
   q.rows = rows, q.cols = cols, q.bits = o.bits;
 
   if (o.method == QuantMethod::RTN) {
-    check_values(w, fisher, rows, cols);
+    check_values(w, fisher, rows, cols, pool);
     // Stats only (see the top of this file).
     const std::vector<float> w_hat = rtn_quantize(w, rows, cols, o.bits, o.rtn_group, nullptr);
     for (int64_t i = 0; i < int64_t(rows) * cols; i++) {
@@ -246,10 +267,23 @@ QuantizedLinear quantize_linear(const float* w, const float* fisher, int rows, i
   if (o.bits < 2 || o.bits > 4)
     throw std::invalid_argument("quantize_linear: bits = " + std::to_string(o.bits) +
                                 " (SQUEEZE supports 2, 3, 4)");
-  check_values(w, fisher, rows, cols);
+  check_values(w, fisher, rows, cols, pool);
 
+#ifndef SQZ_WITH_CUDA
+  if (o.use_cuda)
+    throw std::invalid_argument("quantize_linear: use_cuda needs a build with the CUDA backend");
+#endif
   // Outliers -> CSR structure (positions are sorted, so columns ascend within a row).
-  const OutlierSet out = select_outliers_with_rules(w, fisher, rows, cols, o.outliers);
+  OutlierOptions oo = o.outliers;
+  oo.use_cuda = oo.use_cuda || o.use_cuda;
+  auto t = std::chrono::steady_clock::now();
+  auto lap = [&t]() {
+    const auto now = std::chrono::steady_clock::now();
+    const double dt = std::chrono::duration<double>(now - t).count();
+    t = now;
+    return dt;
+  };
+  const OutlierSet out = select_outliers_with_rules(w, fisher, rows, cols, oo, &pool);
   if (out.pos.size() > size_t(INT32_MAX))
     throw std::runtime_error("quantize_linear: " + std::to_string(out.pos.size()) +
                              " outliers do not fit int32 CSR offsets");
@@ -270,19 +304,34 @@ QuantizedLinear quantize_linear(const float* w, const float* fisher, int rows, i
   q.lut.assign(size_t(rows) * k, 0);
   q.indices.assign(size_t(rows) * packed_row_bytes(cols, o.bits), 0);
 
+  q.seconds_outliers = lap();
+  // The exact k-means of every row at once on the GPU (the same centroids, bit for bit).
+  std::vector<double> centroids;
+#ifdef SQZ_WITH_CUDA
+  if (o.use_cuda && o.exact_kmeans) {
+    centroids.resize(size_t(rows) * k);
+    kmeans_exact_rows_cuda(w, fisher, q.row_ptr.data(), q.col_idx.data(), rows, cols, k,
+                           centroids.data());
+  }
+#endif
+  q.seconds_kmeans = lap();
+
   // One task per row; each row writes only its own slices, and the statistics are summed
   // in row order afterwards, so the result does not depend on the thread count.
   std::vector<RowStats> stats(rows);
   pool.parallel_for(rows, [&](int64_t begin, int64_t end) {
     RowScratch s;
     s.idx.resize(cols);
-    for (int64_t r = begin; r < end; r++) quantize_row(w, fisher, int(r), cols, o, q, stats[r], s);
+    for (int64_t r = begin; r < end; r++)
+      quantize_row(w, fisher, int(r), cols, o,
+                   centroids.empty() ? nullptr : centroids.data() + size_t(r) * k, q, stats[r], s);
   });
   for (const RowStats& st : stats) {
     q.weighted_err += st.weighted_err;
     q.sq_err += st.sq_err;
     q.sq_norm += st.sq_norm;
   }
+  q.seconds_rows = lap();
   return q;
 }
 

@@ -30,6 +30,7 @@ struct OutlierOptions {
   double magnitude_pct = 0;  // top PCT% of |w| per module (percentile rule); 0 = off
   double iqr_range = 0;      // r of the IQR rule |w| beyond max(|q1 - r IQR|, |q3 + r IQR|); 0 = off
   double sensitive_pct = 0;  // top PCT% of F per module; 0 = off (needs F)
+  bool use_cuda = false;     // order statistics on the GPU (same result; CUDA builds only)
 };
 // Returns the sorted flat positions (r * cols + c) of the module's outliers (union of the rules).
 std::vector<int64_t> select_outliers(const float* w, const float* fisher, int rows, int cols,
@@ -43,6 +44,9 @@ struct LinearQuantOptions {
   int bits = 3;              // 2, 3, 4
   OutlierOptions outliers;
   bool exact_kmeans = true;  // false: the official k-means++ / Lloyd recipe
+  // Exact k-means and outlier selection on the GPU (quantize/quantize_cuda.h): the same
+  // result bit for bit, minutes faster on large models. CUDA builds only.
+  bool use_cuda = false;
   int rtn_group = 128;       // RTN: asymmetric min/max groups of this many columns
   uint64_t seed = 0;
 };
@@ -59,6 +63,7 @@ struct QuantizedLinear {
   double weighted_err = 0;   // sum F (w - w_hat)^2 (F = 1 without gradients)
   double sq_err = 0;         // sum (w - w_hat)^2
   double sq_norm = 0;        // sum w^2
+  double seconds_outliers = 0, seconds_kmeans = 0, seconds_rows = 0;  // where the time went
 };
 
 // Quantizes W [rows, cols] (fp32 values of the checkpoint's fp16/bf16/fp32 weight) with

@@ -5,7 +5,9 @@
 //   (b) doc-llama-26m, 4 sequential samples x 256 tokens of its calibration text: per tensor
 //       ||F_gpu - F_cpu|| / ||F_cpu|| <= 1e-3 and >= 95% overlap of the top 0.05%;
 //   (c) stories260K, 2 samples x 64 tokens of a text written here: F, raw gradients, loss,
-//       reset, errors, and the TF32 option.
+//       reset, errors, and the TF32 option;
+//   (d) doc-llama-26m against the PyTorch references (tests/calib_reference.h): 8 x 256 (F32,
+//       relative error <= 1e-3, top-0.05% overlap >= 95%) and 100 x 512 (BF16, <= 1e-2).
 // Outputs start NaN-poisoned, so every element must have been written to pass.
 // Run: ctest -R test_gradients_cuda  (or build/tests/test_gradients_cuda)
 #include <gtest/gtest.h>
@@ -35,6 +37,7 @@
 #include "kernels/swiglu_backward.h"
 #include "model/model.h"
 #include "quantize/calibrate.h"
+#include "calib_reference.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -527,6 +530,20 @@ TEST(CudaGradients, Stories260KTf32Option) {
   const Stories s = load_stories(bin, tok_path);
   compare_backends(s.m, s.samples, Stories::kN, Stories::kL, "stories260K (tf32)", kTf32FisherRel,
                    0.0, true);
+}
+
+// (d) The GPU against the PyTorch references directly (the brief's checks, on the GPU).
+TEST(CudaGradients, DocLlamaMatchesPyTorch8x256) {
+  SQZ_REQUIRE_GPU();
+  test::compare_with_reference("cuda", 8, 256, "grads-8x256.safetensors", "samples-8x256.i32",
+                               1e-3, 0.95, 3.234225034713745);
+}
+
+TEST(CudaGradients, DocLlamaMatchesPyTorch100x512) {
+  SQZ_REQUIRE_GPU();
+  // BF16 reference (its rounding alone: up to 1.8e-3 relative), all 42 tensors.
+  test::compare_with_reference("cuda", 100, 512, "grads-100x512.safetensors",
+                               "samples-100x512.i32", 1e-2, 0.0, 2.362702262401581);
 }
 
 }  // namespace

@@ -25,3 +25,6 @@ sqz_test(test_calibrate test_calibrate.cpp LIBS sqz_quantize sqz_engine)
 if(SQZ_WITH_CUDA)  # calibration on the GPU: engine/gradients_cuda.cu and kernels/*_backward.cu
   sqz_test(test_gradients_cuda test_gradients_cuda.cpp LIBS sqz_engine sqz_quantize LABELS gpu)
 endif()
+if(SQZ_WITH_CUDA)  # the quantizer's GPU k-means and outlier selection (quantize/*.cu)
+  sqz_test(test_quantize_cuda test_quantize_cuda.cpp LIBS sqz_quantize sqz_engine LABELS gpu)
+endif()

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "engine/engine.h"
 #include "model/packed.h"
 #include "tokenizer/tokenizer.h"
 #include "quantize/calibrate.h"
@@ -105,7 +106,10 @@ int cmd_quantize(int argc, char** argv) {
       ("tokenizer", "SentencePiece tokenizer.model (when the checkpoint holds none)",
        cxxopts::value<std::string>()->default_value(""))
       ("o,output", "output .sqz file", cxxopts::value<std::string>())
-      ("t,threads", "threads (0: all cores)", cxxopts::value<int>()->default_value("0"));
+      ("t,threads", "threads (0: all cores)", cxxopts::value<int>()->default_value("0"))
+      ("device", "auto (the GPU when one is usable, else the CPU), cpu or cuda: where the "
+       "k-means, the outlier selection and --calibrate run (the file is the same either way)",
+       cxxopts::value<std::string>()->default_value("auto"));
   add_quant_options(o);
   o.add_options("calibration")
       ("calibrate", "compute the gradients first from this text, as sqz calibrate does "
@@ -126,6 +130,14 @@ int cmd_quantize(int argc, char** argv) {
   if (!r["chat-template"].as<std::string>().empty())
     chat_template_from_name(r["chat-template"].as<std::string>());  // a bad name fails before the work
   QuantizeOptions q = quant_options(r);
+  const std::string device = r["device"].as<std::string>();
+  if (device != "auto" && device != "cpu" && device != "cuda")
+    throw usage_error("--device must be auto, cpu or cuda, not '" + device + "'");
+  if (device == "cuda" && !cuda_available())
+    throw std::runtime_error(
+        "--device cuda: no usable CUDA GPU was found (or this build has no CUDA backend); use "
+        "--device cpu");
+  q.base.q.use_cuda = device == "cuda" || (device == "auto" && cuda_available());
   q.report_module = r["report-module"].as<std::string>();
   q.report_row = r["report-row"].as<int>();
   TempGradients calib_grads;
@@ -136,6 +148,7 @@ int cmd_quantize(int argc, char** argv) {
     co.data_path = r["calibrate"].as<std::string>();
     co.n_samples = r["calib-samples"].as<int>(), co.seqlen = r["calib-seqlen"].as<int>();
     co.n_threads = q.n_threads;
+    co.device = device;
     if (q.n_threads < 0) throw usage_error("-t/--threads must be >= 0");
     if (co.n_samples < 1) throw usage_error("--calib-samples must be >= 1");
     if (co.seqlen < 2) throw usage_error("--calib-seqlen must be >= 2");
@@ -154,6 +167,7 @@ int cmd_quantize(int argc, char** argv) {
     co.output_path = tmpl;
     run_calibration(co);
     q.gradients_path = calib_grads.path;
+    q.gradients_note = "computed by --calibrate " + co.data_path;
   }
   Progress progress("quantize", 100);
   QuantizeResult res = quantize_model(q, [&](int64_t done, int64_t total, const std::string& name) {
@@ -166,7 +180,13 @@ int cmd_quantize(int argc, char** argv) {
         chat_template_name(chat_template_from_name(r["chat-template"].as<std::string>()));
   save_packed(out, res.model, res.metadata);
   std::printf("%s", size_table(res.modules, res.model).c_str());
-  std::printf("wrote %s in %.1f s\n", out.c_str(), res.seconds);
+  double t_load = 0, t_out = 0, t_km = 0, t_rows = 0;
+  for (const ModuleReport& m : res.modules)
+    t_load += m.seconds_load, t_out += m.seconds_outliers, t_km += m.seconds_kmeans, t_rows += m.seconds_rows;
+  std::printf("wrote %s in %.1f s (reading %.1f s, outliers %.1f s, k-means on the %s %.1f s, "
+              "rows %.1f s, waiting for the provenance hashes %.1f s)\n",
+              out.c_str(), res.seconds, t_load, t_out, q.base.q.use_cuda ? "GPU" : "CPU (in rows)",
+              t_km, t_rows, res.seconds_hash_wait);
   if (!r["report"].as<std::string>().empty()) {
     write_html_report(r["report"].as<std::string>(), res, "sqz quantize: " + out);
     std::printf("report: %s\n", r["report"].as<std::string>().c_str());
