@@ -17,6 +17,7 @@
 #include "kernels/attention.h"
 #include "kernels/cuda_common.h"
 #include "kernels/cuda_util.cuh"
+#include "kernels/pdl.cuh"
 
 namespace sqz {
 
@@ -133,6 +134,8 @@ __device__ __forceinline__ void kv_store(const KvRegs<N>& r, float* ks, float* v
 template <int kC>
 __global__ void __launch_bounds__(kThreads)
     attention_prefill_kernel(AttentionCudaParams p, const AttentionTile* tiles) {
+  pdl_wait();  // kernels/pdl.cuh: nothing before this reads earlier kernels' outputs
+  pdl_launch_dependents();
   extern __shared__ float smem[];
   const AttentionTile tile = tiles[blockIdx.x];
   const int h = blockIdx.y, hd = p.head_dim, pitch = hd + 1;
@@ -233,6 +236,8 @@ __global__ void __launch_bounds__(kThreads)
 template <int kC4>
 __global__ void __launch_bounds__(kThreads)
     attention_prefill_vec_kernel(AttentionCudaParams p, const AttentionTile* tiles) {
+  pdl_wait();  // kernels/pdl.cuh: nothing before this reads earlier kernels' outputs
+  pdl_launch_dependents();
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   const AttentionTile tile = tiles[blockIdx.x];
@@ -366,6 +371,8 @@ __global__ void __launch_bounds__(kThreads)
 template <int kAcc>
 __global__ void __launch_bounds__(kThreads)
     attention_decode_kernel(AttentionCudaParams p, int n_splits, float* scratch) {
+  pdl_wait();  // kernels/pdl.cuh: nothing before this reads earlier kernels' outputs
+  pdl_launch_dependents();
   extern __shared__ float smem[];
   const int s = blockIdx.x, g = blockIdx.y, t = blockIdx.z;
   const int hd = p.head_dim, pitch = hd + 1, group = p.n_heads / p.n_kv_heads;
@@ -508,6 +515,8 @@ __global__ void __launch_bounds__(kThreads)
 // have m = -inf, l = 0, o = 0 and weigh nothing; split 0 is never empty.
 __global__ void __launch_bounds__(kThreads)
     attention_combine_kernel(AttentionCudaParams p, int n_splits, const float* scratch) {
+  pdl_wait();  // kernels/pdl.cuh: nothing before this reads earlier kernels' outputs
+  pdl_launch_dependents();
   __shared__ float w[kMaxDecodeSplits];
   __shared__ float red_m[2], red_l[2];
   const int h = blockIdx.x, t = blockIdx.y, hd = p.head_dim;
@@ -565,7 +574,7 @@ void launch_prefill(const AttentionCudaParams& p, const AttentionTile* tiles, in
   const size_t smem = size_t(kAttentionTileTokens + 2 * kKeyTile) * pitch * sizeof(float);
   static std::atomic<size_t> granted{0};
   set_smem(attention_prefill_kernel<kC>, smem, granted);
-  attention_prefill_kernel<kC><<<dim3(n_tiles, p.n_heads), kThreads, smem, stream>>>(p, tiles);
+  launch_pdl(attention_prefill_kernel<kC>, dim3(n_tiles, p.n_heads), kThreads, smem, stream, p, tiles);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -576,8 +585,8 @@ void launch_prefill_vec(const AttentionCudaParams& p, const AttentionTile* tiles
   const size_t smem = size_t(kAttentionTileTokens + 2 * kKeyTile) * pitch * sizeof(float);
   static std::atomic<size_t> granted{0};
   set_smem(attention_prefill_vec_kernel<kC4>, smem, granted);
-  attention_prefill_vec_kernel<kC4>
-      <<<dim3(n_tiles, p.n_heads), kThreads, smem, stream>>>(p, tiles);
+  launch_pdl(attention_prefill_vec_kernel<kC4>, dim3(n_tiles, p.n_heads), kThreads, smem, stream,
+             p, tiles);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -590,9 +599,8 @@ void launch_decode(const AttentionCudaParams& p, int n_splits, float* scratch,
        kThreads) * sizeof(float);
   static std::atomic<size_t> granted{0};
   set_smem(attention_decode_kernel<kAcc>, smem, granted);
-  attention_decode_kernel<kAcc>
-      <<<dim3(n_splits, p.n_kv_heads, p.n_tokens), kThreads, smem, stream>>>(p, n_splits,
-                                                                             scratch);
+  launch_pdl(attention_decode_kernel<kAcc>, dim3(n_splits, p.n_kv_heads, p.n_tokens), kThreads,
+             smem, stream, p, n_splits, scratch);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -668,8 +676,8 @@ void attention_decode_cuda(const AttentionCudaParams& p, int n_splits, float* sc
     throw std::invalid_argument("attention_decode_cuda: (n_heads / n_kv_heads) * head_dim = " +
                                 std::to_string(gsize) + " exceeds 2048");
   if (n_splits > 1) {
-    attention_combine_kernel<<<dim3(p.n_heads, p.n_tokens), kThreads, 0, stream>>>(
-        p, n_splits, scratch);
+    launch_pdl(attention_combine_kernel, dim3(p.n_heads, p.n_tokens), kThreads, 0, stream, p,
+               n_splits, static_cast<const float*>(scratch));
     CUDA_CHECK_LAUNCH();
   }
 }

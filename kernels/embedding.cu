@@ -11,6 +11,7 @@
 
 #include "kernels/cuda_common.h"
 #include "kernels/embedding.h"
+#include "kernels/pdl.cuh"
 
 namespace sqz {
 
@@ -22,6 +23,9 @@ __device__ __forceinline__ float load_f32(const __nv_bfloat16* p) { return __bfl
 
 template <typename T>
 __global__ void embedding_kernel(const T* table, int dim, const int* tokens, float* out) {
+  // The first kernel of a step (launched plainly, after the inputs' copy): the next one may
+  // start its constant-data prologue now (kernels/pdl.cuh).
+  pdl_launch_dependents();
   const int t = blockIdx.y;
   const T* row = table + int64_t(tokens[t]) * dim;
   float* o = out + int64_t(t) * dim;

@@ -40,6 +40,7 @@
 
 #include "kernels/cuda_common.h"
 #include "kernels/packed_layout.h"
+#include "kernels/pdl.cuh"
 
 namespace sqz {
 namespace {
@@ -521,6 +522,10 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
   }
   TileMeta<BITS> meta;
   if (warp == 0) gemv_store_meta<BITS, NTILE>(gemv_load_meta<BITS>(p, blockIdx.x), sh, 0);
+  // Everything above reads only the weights (index words, LUT, CSR row pointers): with PDL
+  // it overlaps the previous kernel; x and y belong to the earlier kernels (kernels/pdl.cuh).
+  pdl_wait();
+  pdl_launch_dependents();
   if (p.n_chunks == 1) gemv_stage_x<BITS>(p, xs, 0);
   __syncthreads();
 
@@ -683,6 +688,8 @@ __global__ void __launch_bounds__(kGemmThreads, 1) lut_gemm_kernel(const GemmPar
   constexpr int WN = BN / (8 * NT);  // warps along tokens
   static_assert((BM / (16 * MT)) * WN == 8 && NT % 2 == 0, "8 warps, ldmatrix.x4 pairs of n-tiles");
   constexpr int QPT = BM / 64;  // quarters decoded per thread per step
+  pdl_wait();  // kernels/pdl.cuh: nothing before this reads earlier kernels' outputs
+  pdl_launch_dependents();
   constexpr int QW = kQuarterWords<BITS>, kUnitBytes = 16 * BITS;
   extern __shared__ __align__(16) uint8_t smem[];
   uint16_t* ws = reinterpret_cast<uint16_t*>(smem);  // [2][BM][kLds]
@@ -929,8 +936,7 @@ void launch_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* 
 
   auto kernel = lut_gemv_kernel<BITS, NTILE>;
   const int grid = std::min(p.n_tiles, dev.n_sms * blocks_per_sm(kernel, kGemvThreads, smem));
-  kernel<<<grid, kGemvThreads, smem, stream>>>(p);
-  CUDA_CHECK_LAUNCH();
+  launch_pdl(kernel, grid, kGemvThreads, smem, stream, p);
 }
 
 template <int BITS, int BM, int BN, int MT, int NT>
@@ -938,8 +944,7 @@ void launch_gemm_tile(const GemmParams& p, cudaStream_t stream) {
   const size_t smem = gemm_smem_bytes<BM, BN>();
   const dim3 grid((p.rows + BM - 1) / BM, (p.n_tokens + BN - 1) / BN);
   if (grid.y > 65535) throw std::runtime_error("lut_gemm_cuda: too many tokens");
-  lut_gemm_kernel<BITS, BM, BN, MT, NT><<<grid, kGemmThreads, smem, stream>>>(p);
-  CUDA_CHECK_LAUNCH();
+  launch_pdl(lut_gemm_kernel<BITS, BM, BN, MT, NT>, grid, kGemmThreads, smem, stream, p);
 }
 
 template <int BITS>

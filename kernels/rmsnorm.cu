@@ -12,6 +12,7 @@
 
 #include "kernels/cuda_common.h"
 #include "kernels/cuda_util.cuh"
+#include "kernels/pdl.cuh"
 #include "kernels/rmsnorm.h"
 
 namespace sqz {
@@ -19,6 +20,8 @@ namespace sqz {
 namespace {
 
 __global__ void __launch_bounds__(1024) rmsnorm_kernel(RmsNormCudaParams p) {
+  pdl_wait();  // kernels/pdl.cuh: nothing before this reads earlier kernels' outputs
+  pdl_launch_dependents();
   const int j = blockIdx.x;
   const int src = p.row_index ? p.row_index[j] : j;
   float* __restrict__ x = p.x + int64_t(src) * p.dim;
@@ -49,7 +52,7 @@ void rmsnorm_cuda(const RmsNormCudaParams& p, cudaStream_t stream) {
   if (p.n_rows <= 0 || p.dim <= 0) return;
   if (!p.x || !p.weight || !p.out) throw std::invalid_argument("rmsnorm_cuda: null x, weight or out");
   const int threads = std::min(1024, std::max(32, (p.dim / 4 + 31) / 32 * 32));
-  rmsnorm_kernel<<<p.n_rows, threads, 0, stream>>>(p);
+  launch_pdl(rmsnorm_kernel, p.n_rows, threads, 0, stream, p);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -13,6 +13,7 @@
 
 #include "kernels/cuda_common.h"
 #include "kernels/cuda_util.cuh"
+#include "kernels/pdl.cuh"
 #include "kernels/rope.h"
 
 namespace sqz {
@@ -23,6 +24,8 @@ constexpr int kRopeThreads = 256;
 constexpr int kMaxHalf = 512;  // head_dim <= 1024
 
 __global__ void __launch_bounds__(kRopeThreads) rope_kernel(RopeCudaParams p) {
+  pdl_wait();  // kernels/pdl.cuh: nothing before this reads earlier kernels' outputs
+  pdl_launch_dependents();
   const int t = blockIdx.y, half = p.head_dim / 2, kv_dim = p.n_kv_heads * p.head_dim;
   const int n_rot = (p.n_heads + p.n_kv_heads) * half;
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
@@ -72,7 +75,7 @@ void rope_cuda(const RopeCudaParams& p, cudaStream_t stream) {
   const int kv_dim = p.n_kv_heads * p.head_dim;
   const int n_items = (p.n_heads + p.n_kv_heads) * (p.head_dim / 2) + (p.v_cache ? kv_dim / 2 : 0);
   dim3 grid((n_items + kRopeThreads - 1) / kRopeThreads, p.n_tokens);
-  rope_kernel<<<grid, kRopeThreads, 0, stream>>>(p);
+  launch_pdl(rope_kernel, grid, kRopeThreads, 0, stream, p);
   CUDA_CHECK_LAUNCH();
 }
 

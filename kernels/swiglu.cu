@@ -9,6 +9,7 @@
 
 #include "kernels/cuda_common.h"
 #include "kernels/cuda_util.cuh"
+#include "kernels/pdl.cuh"
 #include "kernels/swiglu.h"
 
 namespace sqz {
@@ -16,6 +17,8 @@ namespace sqz {
 namespace {
 
 __global__ void swiglu_kernel(const float* gate_up, int hidden, uint16_t* out) {
+  pdl_wait();  // kernels/pdl.cuh: nothing before this reads earlier kernels' outputs
+  pdl_launch_dependents();
   const int t = blockIdx.y;
   const float* gate = gate_up + int64_t(t) * 2 * hidden;
   const float* up = gate + hidden;
@@ -34,7 +37,7 @@ void swiglu_cuda(const float* gate_up, int n_tokens, int hidden_dim, uint16_t* o
   if (n_tokens > 65535) throw std::invalid_argument("swiglu_cuda: more than 65535 tokens");
   const int threads = 256;
   dim3 grid(std::min((hidden_dim + threads - 1) / threads, 256), n_tokens);
-  swiglu_kernel<<<grid, threads, 0, stream>>>(gate_up, hidden_dim, out);
+  launch_pdl(swiglu_kernel, grid, threads, 0, stream, gate_up, hidden_dim, out);
   CUDA_CHECK_LAUNCH();
 }
 

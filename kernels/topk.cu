@@ -15,6 +15,7 @@
 
 #include "kernels/cuda_common.h"
 #include "kernels/cuda_util.cuh"
+#include "kernels/pdl.cuh"
 #include "kernels/topk.h"
 
 namespace sqz {
@@ -36,6 +37,8 @@ __device__ __forceinline__ bool beats(uint32_t ka, int ia, uint32_t kb, int ib) 
 
 __global__ void __launch_bounds__(kTopKThreads)
     topk_kernel(const float* logits, int vocab, int k, int* ids, float* vals) {
+  pdl_wait();  // kernels/pdl.cuh: nothing before this reads earlier kernels' outputs
+  pdl_launch_dependents();
   const float* row = logits + int64_t(blockIdx.x) * vocab;
   int* out_ids = ids + int64_t(blockIdx.x) * k;
   float* out_vals = vals + int64_t(blockIdx.x) * k;
@@ -169,7 +172,7 @@ void topk_cuda(const float* logits, int n_rows, int vocab, int k, int* ids, floa
     throw std::invalid_argument("topk_cuda: k = " + std::to_string(k) + " must be in [1, " +
                                 std::to_string(kTopKMax) + "] and <= vocab (" +
                                 std::to_string(vocab) + ")");
-  topk_kernel<<<n_rows, kTopKThreads, 0, stream>>>(logits, vocab, k, ids, vals);
+  launch_pdl(topk_kernel, n_rows, kTopKThreads, 0, stream, logits, vocab, k, ids, vals);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -368,12 +368,6 @@ std::vector<double> kmeans_1d_exact_centroids(const float* x, const float* w, in
   return exact_centroids(k, ws);
 }
 
-KMeans1D kmeans_1d_finish(const float* x, const float* w, int n, const double* centroids, int k,
-                          KMeansWorkspace& ws) {
-  effective_weights(w, n, ws);
-  return finish(x, n, std::vector<double>(centroids, centroids + k), ws);
-}
-
 KMeans1D kmeans_1d_exact(const float* x, const float* w, int n, int k, KMeansWorkspace& ws) {
   const std::vector<double> c = kmeans_1d_exact_centroids(x, w, n, k, ws);
   return finish(x, n, c, ws);

@@ -45,13 +45,10 @@ struct KMeansWorkspace {
   std::vector<int> assign;                                        // Lloyd
 };
 
-// The exact k-means in two steps: the optimal centroids (double, before rounding to float),
-// as the CUDA version (quantize/quantize_cuda.h) computes them bit for bit, then the float
-// centroids, assignments and cost from any such centroids.
+// The optimal centroids of kmeans_1d_exact before they are rounded to float and sorted, as
+// the CUDA version (quantize/quantize_cuda.h) computes them, bit for bit.
 std::vector<double> kmeans_1d_exact_centroids(const float* x, const float* w, int n, int k,
                                               KMeansWorkspace& ws);
-KMeans1D kmeans_1d_finish(const float* x, const float* w, int n, const double* centroids, int k,
-                          KMeansWorkspace& ws);
 
 // kmeans_1d_exact / kmeans_1d_lloyd with caller-owned buffers (same results).
 KMeans1D kmeans_1d_exact(const float* x, const float* w, int n, int k, KMeansWorkspace& ws);

@@ -94,6 +94,7 @@ struct RowScratch {
   std::vector<float> fw;      // outliers no centroid serves exactly (for the snap)
   std::vector<int> fcol;
   std::vector<uint8_t> idx;   // [cols] unpacked indices
+  std::vector<float> centroids;  // the row's k-means centroids, ascending
   KMeansWorkspace kmeans;
 };
 
@@ -146,30 +147,39 @@ void quantize_row(const float* w, const float* fisher, int r, int cols, const Li
   // Split the row into outliers and the values the k-means sees. Outliers have weight 0
   // in the official recipe; leaving them out is the same (weight-0 values never move a
   // centroid) and keeps them out of the "all weights zero -> unweighted" fallback.
-  s.xs.clear(), s.fs.clear(), s.ow.clear(), s.ocol.clear();
-  for (int c = 0, t = o_begin; c < cols; c++) {
-    if (t < o_end && q.col_idx[t] == c) {
-      s.ow.push_back(row[c]), s.ocol.push_back(c), t++;
-      continue;
+  s.ow.clear(), s.ocol.clear();
+  for (int t = o_begin; t < o_end; t++) s.ow.push_back(row[q.col_idx[t]]), s.ocol.push_back(q.col_idx[t]);
+  std::vector<float>& centroids = s.centroids;
+  centroids.resize(k);
+  if (gpu_centroids) {
+    // Only the centroids are used below (the assignment is redone against the fp16 LUT):
+    // rounded to float and sorted, as the CPU k-means does.
+    for (int j = 0; j < k; j++) centroids[j] = float(gpu_centroids[j]);
+    std::sort(centroids.begin(), centroids.end());
+  } else {
+    s.xs.clear(), s.fs.clear();
+    for (int c = 0, t = o_begin; c < cols; c++) {
+      if (t < o_end && q.col_idx[t] == c) {
+        t++;
+        continue;
+      }
+      s.xs.push_back(row[c]);
+      if (frow) s.fs.push_back(frow[c]);
     }
-    s.xs.push_back(row[c]);
-    if (frow) s.fs.push_back(frow[c]);
+    const int n_in = int(s.xs.size());
+    const float* fs = frow ? s.fs.data() : nullptr;
+    centroids = o.exact_kmeans ? kmeans_1d_exact(s.xs.data(), fs, n_in, k, s.kmeans).centroids
+                               : kmeans_1d_lloyd(s.xs.data(), fs, n_in, k, o.seed + r, 50, s.kmeans).centroids;
   }
-  const int n_in = int(s.xs.size());
-  const float* fs = frow ? s.fs.data() : nullptr;
-  const KMeans1D km =
-      gpu_centroids  ? kmeans_1d_finish(s.xs.data(), fs, n_in, gpu_centroids, k, s.kmeans)
-      : o.exact_kmeans ? kmeans_1d_exact(s.xs.data(), fs, n_in, k, s.kmeans)
-                       : kmeans_1d_lloyd(s.xs.data(), fs, n_in, k, o.seed + r, 50, s.kmeans);
 
   // fp16 LUT. Rounding is monotone, so it stays ascending (equal neighbours allowed).
   uint16_t* lut = q.lut.data() + int64_t(r) * k;
   float lutf[16];
   for (int j = 0; j < k; j++) {
-    lut[j] = f32_to_f16(km.centroids[j]);
+    lut[j] = f32_to_f16(centroids[j]);
     if (!f16_bits_finite(lut[j]))
       throw std::runtime_error("quantize_linear: row " + std::to_string(r) + " centroid " +
-                               std::to_string(km.centroids[j]) + " overflows fp16");
+                               std::to_string(centroids[j]) + " overflows fp16");
     lutf[j] = f16_to_f32(lut[j]);
   }
 

@@ -1,0 +1,43 @@
+// Programmatic dependent launch (PDL, sm_90): a kernel started by launch_pdl may begin while
+// the kernel before it in the stream is still running, so a decode step's ~300 small kernels
+// do not each pay a launch gap and a cold start. The contract for every kernel launched so:
+//   * before pdl_wait() it reads only constant data (weights, LUTs, the CSR) and writes
+//     only its own shared memory and registers;
+//   * pdl_wait() returns once every earlier kernel in the stream has finished and its
+//     writes are visible;
+//   * pdl_launch_dependents() lets the next kernel start (its pre-wait part) early.
+// Launched without the attribute (or before sm_90) both are no-ops. Captured into CUDA
+// graphs as programmatic edges.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "kernels/cuda_common.h"
+
+namespace sqz {
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization.
+template <typename... Params, typename... Args>
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr, cfg.numAttrs = 1;
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
+
+}  // namespace sqz
