@@ -25,12 +25,16 @@ if has tests; then
   tail -4 "$log/ctest_cpu.log"
 fi
 if has sanitize; then
-  for t in build/tests/test_lut_gemv build/tests/test_cuda_kernels; do
+  for t in build/tests/test_lut_gemv build/tests/test_cuda_kernels build/tests/test_quantize_cuda; do
     [[ -x $t ]] || continue
-    compute-sanitizer --tool memcheck --error-exitcode 3 "$t" --gtest_filter='*Small*:*Odd*' \
+    compute-sanitizer --tool memcheck --error-exitcode 3 "$t" --gtest_filter='*Small*:*Odd*:*Outlier*' \
       >"$log/memcheck_$(basename "$t").log" 2>&1 || status=1
     tail -3 "$log/memcheck_$(basename "$t").log"
   done
+  # the whole decode step (graphs and programmatic dependent launch) on stories260K
+  compute-sanitizer --tool memcheck --error-exitcode 3 build/tests/test_cuda_backend \
+    --gtest_filter='*Stories*' >"$log/memcheck_test_cuda_backend.log" 2>&1 || status=1
+  tail -3 "$log/memcheck_test_cuda_backend.log"
 fi
 if has bench; then
   [[ -x build/tests/bench_lut_gemv ]] && build/tests/bench_lut_gemv 2>&1 | tee "$log/bench_lut_gemv.log" | tail -40
