@@ -48,6 +48,7 @@
 #include "engine/device_arena.h"
 #include "kernels/cublas_check.h"
 #include "kernels/cuda_common.h"
+#include "kernels/cuda_util.cuh"
 #include "kernels/matmul_backward.h"
 #include "kernels/rmsnorm_backward.h"
 #include "kernels/rope_backward.h"
@@ -67,7 +68,6 @@ constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 constexpr double kMiB = 1024.0 * 1024.0;
 constexpr int kThreads = 256;
 constexpr int kLossThreads = 1024;
-constexpr unsigned kMask = 0xffffffffu;
 
 enum Slot { WQ, WK, WV, WO, W_GATE, W_UP, W_DOWN };
 
@@ -97,32 +97,6 @@ __global__ void embed_kernel(const void* __restrict__ table, int dtype,
     v = dtype == 1 ? __half2float(__ushort_as_half(b)) : __uint_as_float(uint32_t(b) << 16);
   }
   x[int64_t(t) * dim + i] = v;
-}
-
-__device__ __forceinline__ float block_max(float v, float* partial /* [32] shared */) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kMask, v, o));
-  __syncthreads();
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  v = lane < n_warps ? partial[lane] : -INFINITY;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kMask, v, o));
-  return v;
-}
-
-__device__ __forceinline__ double block_sum_f64(double v, double* partial /* [32] shared */) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kMask, v, o);
-  __syncthreads();
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  v = lane < n_warps ? partial[lane] : 0.0;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kMask, v, o);
-  return v;
 }
 
 // One block per predicted position t < n - 1 (the CPU's loss loop): lse of the logits row,

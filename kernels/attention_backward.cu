@@ -25,12 +25,12 @@
 
 #include "kernels/attention_backward.h"
 #include "kernels/cuda_common.h"
+#include "kernels/cuda_util.cuh"
 
 namespace sqz {
 
 namespace {
 
-constexpr unsigned kMask = 0xffffffffu;
 constexpr int kRows = 8;   // warps per block, one row each
 constexpr int kTile = 32;  // rows per shared-memory tile, one per lane
 constexpr int kThreads = kRows * 32;
@@ -55,18 +55,6 @@ AttnShape make_shape(const CausalAttentionArgs& a, const char* what) {
   s.pitch = s.hd | 1;
   s.scale = 1.0f / std::sqrt(float(s.hd));
   return s;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kMask, v, o);
-  return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kMask, v, o));
-  return v;
 }
 
 // a . b over n floats (shared memory), four partial sums.
@@ -133,7 +121,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < kAcc; i++) acc[i] *= corr;
     const int n_keys = min(kTile, t - p0 + 1);
     for (int j = 0; j < n_keys; j++) {
-      const float pj = __shfl_sync(kMask, pr, j);
+      const float pj = __shfl_sync(kFullMask, pr, j);
       const float* vj = vs + j * s.pitch;
 #pragma unroll
       for (int i = 0; i < kAcc; i++) {
@@ -208,7 +196,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     const int n_keys = min(kTile, t - p0 + 1);
     for (int j = 0; j < n_keys; j++) {
-      const float dsj = __shfl_sync(kMask, ds, j);
+      const float dsj = __shfl_sync(kFullMask, ds, j);
       const float* kj = ks + j * s.pitch;
 #pragma unroll
       for (int i = 0; i < kAcc; i++) {
@@ -273,7 +261,7 @@ __global__ void __launch_bounds__(kThreads)
       }
       const int j_begin = max(0, p - t0), j_end = min(kTile, s.n - t0);
       for (int j = j_begin; j < j_end; j++) {
-        const float pj = __shfl_sync(kMask, P, j), dsj = __shfl_sync(kMask, dS, j);
+        const float pj = __shfl_sync(kFullMask, P, j), dsj = __shfl_sync(kFullMask, dS, j);
         const float *qj = qs + j * s.pitch, *gj = gs + j * s.pitch;
 #pragma unroll
         for (int i = 0; i < kAcc; i++) {

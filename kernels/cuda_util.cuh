@@ -3,6 +3,7 @@
 #pragma once
 #include <cuda_fp16.h>
 
+#include <cmath>
 #include <cstdint>
 
 namespace sqz {
@@ -19,6 +20,34 @@ __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
   return v;
+}
+
+__device__ __forceinline__ double warp_sum(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  return v;
+}
+
+// Block reductions into a caller's shared `partial` [32] (blockDim.x a multiple of 32);
+// every thread gets the result. Contain __syncthreads: call them from all threads.
+__device__ __forceinline__ double block_sum_f64(double v, double* partial) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // `partial` may still be read by a previous call
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = lane < n_warps ? partial[lane] : 0.0;
+  return warp_sum(v);
+}
+
+__device__ __forceinline__ float block_max(float v, float* partial) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = lane < n_warps ? partial[lane] : -INFINITY;
+  return warp_max(v);
 }
 
 // Sum over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets

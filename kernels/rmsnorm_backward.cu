@@ -10,30 +10,12 @@
 #include <stdexcept>
 
 #include "kernels/cuda_common.h"
+#include "kernels/cuda_util.cuh"
 #include "kernels/rmsnorm_backward.h"
 
 namespace sqz {
 
 namespace {
-
-constexpr unsigned kMask = 0xffffffffu;
-
-__device__ __forceinline__ double warp_sum_f64(double v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kMask, v, o);
-  return v;
-}
-
-// Sum over the block (blockDim.x a multiple of 32); every thread gets the result.
-__device__ __forceinline__ double block_sum_f64(double v, double* partial /* [32] shared */) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-  v = warp_sum_f64(v);
-  __syncthreads();  // `partial` may still be read by a previous call
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  v = lane < n_warps ? partial[lane] : 0.0;
-  return warp_sum_f64(v);
-}
 
 // out[t, i] = x[t, i] * s * w[i], s = 1 / sqrt(mean(x[t]^2) + eps). Grid: n_tokens blocks.
 __global__ void rmsnorm_forward_kernel(const float* __restrict__ x, const float* __restrict__ w,
