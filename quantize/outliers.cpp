@@ -7,7 +7,6 @@
 // The result is the union. Order statistics use nth_element on a copy (O(n)), never a full
 // sort: a module has up to ~45M entries.
 #include <algorithm>
-#include <atomic>
 #include <functional>
 #include <cmath>
 #include <stdexcept>
@@ -118,19 +117,12 @@ OutlierSet select_outliers_with_rules(const float* w, const float* fisher, int r
         "select_outliers: sensitive_pct > 0 needs the sensitivity (Fisher) matrix");
 
   const int64_t n = int64_t(rows) * cols;
-  // The first entry (in position order) that fails a check, found in parallel.
-  auto first_bad = [&](auto&& bad) {
-    std::atomic<int64_t> first{n};
-    for_range(pool, n, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e && i < first; i++)
-        if (bad(i)) {
-          int64_t cur = first;
-          while (i < cur && !first.compare_exchange_weak(cur, i)) {
-          }
-          break;
-        }
-    });
-    return int64_t(first);
+  // The first entry (in position order) that fails a check.
+  auto first_bad = [&](const auto& bad) {
+    if (pool) return pool->find_first(n, bad);
+    int64_t i = 0;
+    while (i < n && !bad(i)) i++;
+    return i;
   };
   const int64_t bad_w = first_bad([&](int64_t i) { return !std::isfinite(w[i]); });
   if (bad_w < n)

@@ -239,12 +239,8 @@ QuantizeResult quantize_model(const QuantizeOptions& o, const QuantizeProgress& 
                              dtype_name(g.dtype) + ", expected F32, F16 or BF16");
         std::vector<float> gf(size_t(w.rows) * w.cols);
         convert_parallel(g.dtype, g.data, gf.data(), gf.size(), pool);
-        std::atomic<bool> bad{false};
-        pool.parallel_for(int64_t(gf.size()), [&](int64_t b, int64_t e) {
-          for (int64_t i = b; i < e; i++)
-            if (!(gf[i] >= 0) || !std::isfinite(gf[i])) bad = true;
-        }, 1 << 16);
-        if (bad)
+        const int64_t n_f = int64_t(gf.size());
+        if (pool.find_first(n_f, [&](int64_t i) { return !(gf[i] >= 0) || !std::isfinite(gf[i]); }) < n_f)
           throw format_error(o.gradients_path + ": tensor '" + grad_name +
                              "' holds a negative, NaN or Inf value (expected squared gradients)");
         if (rope_rows) {  // HF rotate-half rows -> the interleaved rows of the loaded weight

@@ -7,9 +7,7 @@
 //            statistics (no indices, LUT or CSR, no outliers); the caller stores the dense
 //            weights from rtn_quantize() as fp16.
 #include <algorithm>
-#include <atomic>
 #include <chrono>
-#include <climits>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -226,30 +224,16 @@ void check_shape(int rows, int cols) {
 // Finite weights everywhere, finite non-negative sensitivities: checked once here so the
 // message names the matrix position.
 void check_values(const float* w, const float* fisher, int rows, int cols, ThreadPool& pool) {
-  // Rows checked in parallel; the first bad row (in row order) is then reported.
-  std::atomic<int> bad_row{INT_MAX};
-  pool.parallel_for(rows, [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e && r < bad_row; r++)
-      for (int c = 0; c < cols; c++) {
-        const int64_t i = r * cols + c;
-        if (!std::isfinite(w[i]) || (fisher && !(std::isfinite(fisher[i]) && fisher[i] >= 0))) {
-          int cur = bad_row;
-          while (r < cur && !bad_row.compare_exchange_weak(cur, int(r))) {
-          }
-          break;
-        }
-      }
+  const int64_t n = int64_t(rows) * cols;
+  const int64_t i = pool.find_first(n, [&](int64_t j) {
+    return !std::isfinite(w[j]) || (fisher && !(std::isfinite(fisher[j]) && fisher[j] >= 0));
   });
-  if (bad_row == INT_MAX) return;
-  const int r = bad_row;
-  for (int c = 0; c < cols; c++) {
-    const int64_t i = int64_t(r) * cols + c;
-    if (!std::isfinite(w[i]))
-      throw std::invalid_argument("quantize_linear: weight at " + at(r, c) + " is not finite");
-    if (fisher && !(std::isfinite(fisher[i]) && fisher[i] >= 0))
-      throw std::invalid_argument("quantize_linear: sensitivity at " + at(r, c) + " is " +
-                                  std::to_string(fisher[i]) + " (expected finite and >= 0)");
-  }
+  if (i == n) return;
+  const int r = int(i / cols), c = int(i % cols);
+  if (!std::isfinite(w[i]))
+    throw std::invalid_argument("quantize_linear: weight at " + at(r, c) + " is not finite");
+  throw std::invalid_argument("quantize_linear: sensitivity at " + at(r, c) + " is " +
+                              std::to_string(fisher[i]) + " (expected finite and >= 0)");
 }
 
 }  // namespace
