@@ -32,6 +32,7 @@
 
 #include "engine/device_arena.h"
 #include "kernels/cuda_common.h"
+#include "quantize/cuda_scratch.cuh"
 #include "quantize/kmeans_dp.h"
 #include "quantize/quantize_cuda.h"
 
@@ -406,23 +407,10 @@ void kmeans_exact_rows_cuda(const float* x, const float* f, const int32_t* row_p
   };
   DeviceArena measure;
   plan(measure, [](auto...) {});
-  char* mem = nullptr;
-  if (cudaMalloc(&mem, measure.used()) != cudaSuccess) {
-    cudaGetLastError();
-    size_t free_b = 0, total_b = 0;
-    cudaMemGetInfo(&free_b, &total_b);
-    throw cuda_error("k-means on the GPU needs " + std::to_string(measure.used() >> 20) +
-                     " MiB of GPU memory for a [" + std::to_string(rows) + ", " + std::to_string(cols) +
-                     "] module; " + std::to_string(free_b >> 20) + " MiB free");
-  }
-  cudaStream_t st;
-  CUDA_CHECK(cudaStreamCreate(&st));
-  struct Cleanup {
-    char* mem;
-    cudaStream_t st;
-    ~Cleanup() { cudaStreamDestroy(st), cudaFree(mem); }
-  } cleanup{mem, st};
-
+  CudaScratch scratch_mem;
+  char* mem = scratch_mem.alloc(measure.used(), "k-means on the GPU for a [" + std::to_string(rows) +
+                                                    ", " + std::to_string(cols) + "] module");
+  const cudaStream_t st = scratch_mem.stream;
   DeviceArena arena(mem, measure.used(), "kmeans_exact_rows_cuda");
   plan(arena, [&](float* d_x, float* d_f, uint32_t* keys_in, uint32_t* keys_out, int32_t* vals_in,
                   int32_t* vals_out, int* offsets, int32_t* d_row_ptr, int32_t* d_col, int* n_valid,

@@ -13,6 +13,7 @@
 
 #include "engine/device_arena.h"
 #include "kernels/cuda_common.h"
+#include "quantize/cuda_scratch.cuh"
 #include "quantize/quantize_cuda.h"
 
 namespace sqz {
@@ -47,28 +48,6 @@ __global__ void flag_kernel(const uint32_t* __restrict__ keys, int n, uint32_t c
     pos[i] = i;
   }
 }
-
-// Device memory for one call, planned then allocated once.
-struct Buffers {
-  char* mem = nullptr;
-  cudaStream_t st = nullptr;
-  ~Buffers() {
-    if (st) cudaStreamDestroy(st);
-    cudaFree(mem);
-  }
-  char* alloc(size_t bytes, int64_t n) {
-    if (cudaMalloc(&mem, bytes) != cudaSuccess) {
-      cudaGetLastError();
-      size_t free_b = 0, total_b = 0;
-      cudaMemGetInfo(&free_b, &total_b);
-      throw cuda_error("outlier selection on the GPU needs " + std::to_string(bytes >> 20) +
-                       " MiB of GPU memory for " + std::to_string(n) + " values; " +
-                       std::to_string(free_b >> 20) + " MiB free");
-    }
-    CUDA_CHECK(cudaStreamCreate(&st));
-    return mem;
-  }
-};
 
 void check_n(int64_t n, const char* fn) {
   if (n < 0 || n > INT_MAX)
@@ -110,11 +89,12 @@ std::vector<int64_t> top_count_positions_cuda(const float* key, int64_t n64, int
   };
   DeviceArena measure;
   plan(measure, [](auto...) {});
-  Buffers b;
-  DeviceArena arena(b.alloc(measure.used(), n), measure.used(), "top_count_positions_cuda");
+  CudaScratch b;
+  DeviceArena arena(b.alloc(measure.used(), "outlier selection on the GPU for " + std::to_string(n) + " values"),
+                    measure.used(), "top_count_positions_cuda");
   plan(arena, [&](float* d_v, uint32_t* keys, uint32_t* sorted, uint8_t* above, uint8_t* at,
                   int* pos, int* sel_above, int* sel_at, int* counts, void* tmp) {
-    const cudaStream_t st = b.st;
+    const cudaStream_t st = b.stream;
     CUDA_CHECK(cudaMemcpyAsync(d_v, key, size_t(n) * 4, cudaMemcpyHostToDevice, st));
     keys_kernel<<<blocks_for(n), 256, 0, st>>>(d_v, n, keys);
     CUDA_CHECK_LAUNCH();
@@ -160,20 +140,21 @@ std::vector<float> order_statistics_cuda(const float* v, int64_t n64,
   DeviceArena measure;
   measure.take<float>(n), measure.take<uint32_t>(n), measure.take<uint32_t>(n);
   measure.take<char>(sort_bytes);
-  Buffers b;
-  DeviceArena a(b.alloc(measure.used(), n), measure.used(), "order_statistics_cuda");
+  CudaScratch b;
+  DeviceArena a(b.alloc(measure.used(), "outlier selection on the GPU for " + std::to_string(n) + " values"),
+                measure.used(), "order_statistics_cuda");
   float* d_v = a.take<float>(n);
   uint32_t* keys = a.take<uint32_t>(n);
   uint32_t* sorted = a.take<uint32_t>(n);
   void* tmp = a.take<char>(sort_bytes);
-  CUDA_CHECK(cudaMemcpyAsync(d_v, v, size_t(n) * 4, cudaMemcpyHostToDevice, b.st));
-  keys_kernel<<<blocks_for(n), 256, 0, b.st>>>(d_v, n, keys);
+  CUDA_CHECK(cudaMemcpyAsync(d_v, v, size_t(n) * 4, cudaMemcpyHostToDevice, b.stream));
+  keys_kernel<<<blocks_for(n), 256, 0, b.stream>>>(d_v, n, keys);
   CUDA_CHECK_LAUNCH();
-  CUDA_CHECK(cub::DeviceRadixSort::SortKeys(tmp, sort_bytes, keys, sorted, n, 0, 32, b.st));
+  CUDA_CHECK(cub::DeviceRadixSort::SortKeys(tmp, sort_bytes, keys, sorted, n, 0, 32, b.stream));
   std::vector<uint32_t> k(ranks.size());
   for (size_t i = 0; i < ranks.size(); i++)
-    CUDA_CHECK(cudaMemcpyAsync(&k[i], sorted + ranks[i], 4, cudaMemcpyDeviceToHost, b.st));
-  CUDA_CHECK(cudaStreamSynchronize(b.st));
+    CUDA_CHECK(cudaMemcpyAsync(&k[i], sorted + ranks[i], 4, cudaMemcpyDeviceToHost, b.stream));
+  CUDA_CHECK(cudaStreamSynchronize(b.stream));
   for (uint32_t x : k) out.push_back(key_value(x));
   return out;
 }
