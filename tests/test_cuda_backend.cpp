@@ -20,6 +20,7 @@
 #include "engine/perplexity.h"
 #include "kernels/packed_layout.h"
 #include "model/dtype.h"
+#include "tests/cuda_test_util.h"
 #include "tests/test_util.h"
 
 namespace sqz {
@@ -29,9 +30,6 @@ namespace {
 constexpr float kLogitsTol = 2e-2f;        // max |logit difference|
 constexpr double kPplRelTol = 1e-3;        // perplexity within 0.1 %
 constexpr float kGraphVsEagerTol = 1e-5f;  // same kernels, replayed from a graph
-
-#define SQZ_REQUIRE_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU"
 
 struct ModelCase {
   std::string name;

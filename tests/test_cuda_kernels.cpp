@@ -23,9 +23,12 @@
 #include "kernels/swiglu.h"
 #include "kernels/topk.h"
 #include "model/dtype.h"
+#include "tests/cuda_test_util.h"
 
 namespace sqz {
 namespace {
+
+using test::DeviceBuffer;
 
 // Tolerances: |got - ref| <= abs + rel * |ref|.
 constexpr float kF16OutRel = 2e-3f;   // fp16 output: half-ulp 2^-11 plus fp32 order effects
@@ -33,33 +36,6 @@ constexpr float kF16OutAbs = 1e-4f;
 constexpr float kRopeAbs = 2e-5f;     // fp32 rotation; sincosf vs libm differ by ulps
 constexpr float kAttnAbs = 2e-3f;     // fp16 output of a weighted mean of O(1) values
 constexpr int kH100Sms = 132;         // split count used for the "auto" decode case
-
-#define SQZ_REQUIRE_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU"
-
-// A device array; poison() fills it with 0xff bytes (NaN for fp32 and fp16, -1 for int).
-template <typename T>
-struct DeviceBuffer {
-  T* p = nullptr;
-  size_t n = 0;
-  explicit DeviceBuffer(size_t n_elems) : n(n_elems) {
-    CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(n, 1) * sizeof(T)));
-  }
-  explicit DeviceBuffer(const std::vector<T>& v) : DeviceBuffer(v.size()) { upload(v); }
-  ~DeviceBuffer() { cudaFree(p); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  void upload(const std::vector<T>& v) {
-    CUDA_CHECK(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  std::vector<T> download() const {
-    CUDA_CHECK(cudaDeviceSynchronize());
-    std::vector<T> v(n);
-    CUDA_CHECK(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return v;
-  }
-  void poison() { CUDA_CHECK(cudaMemset(p, 0xff, std::max<size_t>(n, 1) * sizeof(T))); }
-};
 
 std::vector<float> randn(size_t n, std::mt19937& rng, float scale = 1.0f) {
   std::normal_distribution<float> d(0.0f, scale);

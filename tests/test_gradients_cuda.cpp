@@ -38,11 +38,14 @@
 #include "model/model.h"
 #include "quantize/calibrate.h"
 #include "calib_reference.h"
+#include "cuda_test_util.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
 namespace sqz {
 namespace {
+
+using test::DeviceBuffer;
 
 // Ops: fp32 on both sides, so the differences are summation order and a few ulps of
 // expf/cos/FMA contraction. Norm-wise: ||got - ref|| / ||ref||; elementwise: |got - ref| <=
@@ -59,33 +62,6 @@ constexpr double kTopOverlapMin = 0.95;
 constexpr double kLossAbs = 1e-4;        // nats, per sample
 constexpr double kRawGradRel = 1e-4;     // one sample's dW, per tensor
 constexpr double kTf32FisherRel = 5e-2;  // TF32 GEMMs (10-bit mantissas): loose, a smoke test
-
-#define SQZ_REQUIRE_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU"
-
-// A device array; starts filled with 0xff bytes (NaN for fp32).
-template <typename T>
-struct DeviceBuffer {
-  T* p = nullptr;
-  size_t n = 0;
-  explicit DeviceBuffer(size_t n_elems) : n(n_elems) {
-    CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(n, 1) * sizeof(T)));
-    CUDA_CHECK(cudaMemset(p, 0xff, std::max<size_t>(n, 1) * sizeof(T)));
-  }
-  explicit DeviceBuffer(const std::vector<T>& v) : DeviceBuffer(v.size()) { upload(v); }
-  ~DeviceBuffer() { cudaFree(p); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  void upload(const std::vector<T>& v) {
-    CUDA_CHECK(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  std::vector<T> download() const {
-    CUDA_CHECK(cudaDeviceSynchronize());
-    std::vector<T> v(n);
-    CUDA_CHECK(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return v;
-  }
-};
 
 std::vector<float> randn(size_t n, std::mt19937& rng, float scale = 1.0f, float offset = 0.0f) {
   std::normal_distribution<float> d(0.0f, scale);

@@ -23,13 +23,12 @@
 #include "quantize/quantize_cuda.h"
 #include "quantize/quantize_internal.h"
 #include "quantize/quantizer.h"
+#include "cuda_test_util.h"
+#include "quantize_test_util.h"
 #include "test_util.h"
 
 namespace sqz {
 namespace {
-
-#define SQZ_REQUIRE_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU"
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -177,17 +176,6 @@ TEST(QuantizeCuda, OutlierSelectionMatchesCpu) {
   EXPECT_THROW(order_statistics_cuda(key.data(), 5, {5}), std::invalid_argument);
 }
 
-void expect_same_linear(const QuantizedLinear& a, const QuantizedLinear& b) {
-  EXPECT_EQ(a.indices, b.indices);
-  EXPECT_EQ(a.lut, b.lut);
-  EXPECT_EQ(a.row_ptr, b.row_ptr);
-  EXPECT_EQ(a.col_idx, b.col_idx);
-  EXPECT_EQ(a.values, b.values);
-  EXPECT_EQ(a.weighted_err, b.weighted_err);
-  EXPECT_EQ(a.sq_err, b.sq_err);
-  EXPECT_EQ(a.n_sensitive, b.n_sensitive);
-}
-
 // (c) One linear, every setting that reaches the GPU.
 TEST(QuantizeCuda, QuantizeLinearMatchesCpu) {
   SQZ_REQUIRE_GPU();
@@ -204,7 +192,7 @@ TEST(QuantizeCuda, QuantizeLinearMatchesCpu) {
       const QuantizedLinear cpu = quantize_linear(m.w.data(), f, m.rows, m.cols, o, pool);
       o.use_cuda = true;
       const QuantizedLinear gpu = quantize_linear(m.w.data(), f, m.rows, m.cols, o, pool);
-      expect_same_linear(cpu, gpu);
+      test::expect_same_quantized(cpu, gpu);
     }
 }
 

@@ -17,6 +17,7 @@
 #include "kernels/parallel.h"
 #include "model/dtype.h"
 #include "quantize/quantizer.h"
+#include "quantize_test_util.h"
 
 namespace sqz {
 namespace {
@@ -508,16 +509,7 @@ TEST(QuantizeLinear, SameResultWithOneAndThreeThreads) {
     o.outliers.sensitive_pct = 0.05;
     const QuantizedLinear a = quantize_linear(m.w.data(), m.f.data(), m.rows, m.cols, o, one);
     const QuantizedLinear b = quantize_linear(m.w.data(), m.f.data(), m.rows, m.cols, o, three);
-    EXPECT_EQ(a.indices, b.indices);
-    EXPECT_EQ(a.lut, b.lut);
-    EXPECT_EQ(a.row_ptr, b.row_ptr);
-    EXPECT_EQ(a.col_idx, b.col_idx);
-    EXPECT_EQ(a.values, b.values);
-    EXPECT_EQ(a.weighted_err, b.weighted_err);
-    EXPECT_EQ(a.sq_err, b.sq_err);
-    EXPECT_EQ(a.sq_norm, b.sq_norm);
-    EXPECT_EQ(a.n_sensitive, b.n_sensitive);
-    EXPECT_EQ(a.n_magnitude, b.n_magnitude);
+    test::expect_same_quantized(a, b);
   }
 }
 
