@@ -20,7 +20,8 @@
 //
 // Linears: dense weights (F32/F16/BF16 on disk) are fp16 on the device and run through
 // cublasGemmEx (fp16 A/B, fp32 compute and output); packed weights run through
-// lut_gemm_cuda (kernels/lut_gemv.cu). q/k/v and gate/up are fused into one matrix each at
+// lut_gemm_cuda (kernels/lut_gemv.cu), or, from kLutDequantMinTokens tokens on (prefill),
+// through lut_dequant_cuda into one fp16 scratch matrix and the same cuBLAS call. q/k/v and gate/up are fused into one matrix each at
 // upload when their parts are of one kind (packed: equal bits); otherwise each part writes
 // its rows of the fused output.
 #include <cublas_v2.h>
@@ -44,6 +45,7 @@
 #include "kernels/cublas_check.h"
 #include "kernels/cuda_common.h"
 #include "kernels/embedding.h"
+#include "kernels/lut_dequant.h"
 #include "kernels/lut_gemv.h"
 #include "kernels/parallel.h"
 #include "kernels/rmsnorm.h"
@@ -313,6 +315,7 @@ class CudaBackend : public Backend {
       for (const DevicePart& p : L->parts) {
         has_packed_ = has_packed_ || p.packed;
         if (p.packed && !L->fused()) max_unfused_rows_ = std::max(max_unfused_rows_, p.rows);
+        if (p.packed) max_packed_elems_ = std::max(max_packed_elems_, size_t(p.rows) * L->cols);
       }
   }
 
@@ -375,6 +378,8 @@ class CudaBackend : public Backend {
                                               n, c_.n_heads, c_.head_dim, decode_splits(n)));
     attn_scratch_ = a.take<float>(attn_floats);
     part_tmp_ = a.take<float>(M * size_t(max_unfused_rows_));
+    // fp16 copy of the largest packed part, for the prefill path (dequantize + cuBLAS).
+    if (max_batch_ >= kLutDequantMinTokens) w16_ = a.take<uint16_t>(max_packed_elems_);
     cublas_ws_ = a.take<char>(kCublasWorkspaceBytes);
   }
 
@@ -543,6 +548,14 @@ class CudaBackend : public Backend {
                                   p.w, CUDA_R_16F, L.cols, x, CUDA_R_16F, L.cols, &zero,
                                   y + p.row0, CUDA_R_32F, L.rows, CUBLAS_COMPUTE_32F,
                                   CUBLAS_GEMM_DEFAULT));
+      } else if (n >= kLutDequantMinTokens && w16_) {
+        // Prefill: dense fp16 copy of the part, then the same cuBLAS call as a dense part.
+        lut_dequant_cuda(p.pm, w16_, r_.stream);
+        const float one = 1.0f, zero = 0.0f;
+        CUBLAS_CHECK(cublasGemmEx(r_.cublas, CUBLAS_OP_T, CUBLAS_OP_N, p.rows, n, L.cols, &one,
+                                  w16_, CUDA_R_16F, L.cols, x, CUDA_R_16F, L.cols, &zero,
+                                  y + p.row0, CUDA_R_32F, L.rows, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
       } else if (p.rows == L.rows) {
         lut_gemm_cuda(p.pm, x, n, y, r_.stream);
       } else {
@@ -629,7 +642,8 @@ class CudaBackend : public Backend {
   float* final_norm_ = nullptr;
   std::vector<DeviceLayer> layers_;
   DeviceLinear classifier_;
-  int max_unfused_rows_ = 0;  // widest packed part of a linear that could not be fused
+  int max_unfused_rows_ = 0;      // widest packed part of a linear that could not be fused
+  size_t max_packed_elems_ = 0;   // rows x cols of the largest packed part
   bool has_packed_ = false;
 
   // KV cache (device): fp16 [n_layers][n_seqs][ctx][kv_dim], K and V.
@@ -649,6 +663,7 @@ class CudaBackend : public Backend {
   int* topk_ = nullptr;          // [M * kTopKMax] ids then [M * kTopKMax] values
   float* attn_scratch_ = nullptr;  // decode split partials
   float* part_tmp_ = nullptr;    // [M, max_unfused_rows] output of an unfused packed part
+  uint16_t* w16_ = nullptr;      // [max_packed_elems] fp16 dequantized part (prefill), or null
   char* cublas_ws_ = nullptr;
 };
 

@@ -256,11 +256,11 @@ SQZ_UNROLL
 //   - each lane copies its own index words of the warp's next item (possibly in the next
 //     tile) into a per-warp ring in shared memory with cp.async while the current one is
 //     decoded (kStages items per warp);
-//   - warp 0 loads the next tile's LUT rows and row pointers into registers at the start of
-//     a tile and stores them to shared memory before the tile's closing barrier;
-//   - each warp loads the first 32 CSR entries of its 2 rows at the start of the tile and
-//     applies them after its items (x from x_s), lanes over entries, then a transposing warp
-//     reduction gives one sum per token;
+//   - warp 0 loads the next tile's LUT rows into registers at the start of a tile and stores
+//     them to shared memory before the tile's closing barrier;
+//   - each warp loads the row pointers of its 2 rows two tiles ahead and their first 32 CSR
+//     entries one tile ahead, and applies a tile's entries after its items (x from x_s),
+//     lanes over entries, then a transposing warp reduction gives one sum per token;
 //   - the mma chain alternates between two accumulator sets.
 // At the end of a tile the 8 warps' accumulators and the outlier sums are added through
 // shared memory in a fixed order and y is written.
@@ -276,6 +276,7 @@ constexpr int kMaxGemvTokens = 16;
 
 template <int BITS>
 constexpr int kItemUnits = BITS == 4 ? 2 : 4;  // units per item: 64 (4-bit) / 96 B per lane
+// (3/2 bits also have G = 2 variants, for when x needs the shared memory: see launch_gemv.)
 // Per-warp ring of items in shared memory: copies of the next kStages - 1 items in flight
 // while one is decoded. 2 stages and 3 blocks per SM measured best for up to 8 tokens;
 // 9..16 tokens need the shared memory for x.
@@ -288,8 +289,8 @@ constexpr int kLaneQuarterBytes = BITS == 4 ? 16 : BITS == 3 ? 12 : 8;  // per u
 // One ring stage of a warp: [unit][row half][lane][16 or 8 bytes] (+ 3-bit high words
 // [unit][row half][lane][4 bytes]): each lane copies and reads back its own quarters, and a
 // warp's loads read consecutive bytes.
-template <int BITS>
-constexpr int kStageBytes = kItemUnits<BITS> * 2 * 32 * kLaneQuarterBytes<BITS>;
+template <int BITS, int G>
+constexpr int kStageBytes = G * 2 * 32 * kLaneQuarterBytes<BITS>;
 template <int BITS>
 constexpr int kLutRowBytes = 2 << BITS;  // 2^BITS fp16 entries
 
@@ -313,13 +314,12 @@ struct GemvParams {
   bool x_vec;         // x 16-byte aligned and cols % 8 == 0: stage with 16-byte loads
 };
 
-// Shared memory of the GEMV kernel after x_s: partial tiles, outlier sums, LUT rows, row pointers.
+// Shared memory of the GEMV kernel after x_s: partial tiles, outlier sums, LUT rows.
 template <int NTILE>
 struct alignas(16) GemvShared {
   float red[2][kGemvWarps][kTileRows][8 * NTILE];  // [tile parity][warp][row][token]
   float outl[2][kTileRows][8 * NTILE];
   uint8_t lut[2][kTileRows * 32];
-  int32_t rp[2][kTileRows + 4];
 };
 
 // Offset in halves of column col (relative to the staged chunk) in x_s for token 0.
@@ -337,9 +337,8 @@ SQZ_HD int xs_offset(int col) {
 }
 
 // Stages columns [c0, c0 + chunk_items * G * 128) of x, zero beyond cols, into x_s.
-template <int BITS>
+template <int BITS, int G>
 __device__ void gemv_stage_x(const GemvParams& p, uint8_t* xs, int chunk) {
-  constexpr int G = kItemUnits<BITS>;
   const int n_groups = p.chunk_items * G * 8;  // 16-column groups per token
   const int c0 = chunk * p.chunk_items * G * 128;
   for (int i = threadIdx.x; i < p.n_tokens * n_groups; i += kGemvThreads) {
@@ -373,13 +372,12 @@ __device__ void gemv_stage_x(const GemvParams& p, uint8_t* xs, int chunk) {
   }
 }
 
-// A tile's LUT rows and row pointers (rows past the end clamped), loaded by warp 0 into
-// registers at the start of the previous tile and stored to shared memory at its end.
+// A tile's LUT rows (rows past the end clamped), loaded by warp 0 into registers at the start
+// of the previous tile and stored to shared memory at its end.
 template <int BITS>
 struct TileMeta {
   static constexpr int kChunks = kTileRows * kLutRowBytes<BITS> / 8, kPerLane = (kChunks + 31) / 32;
   uint2 lut[kPerLane];
-  int32_t rp;
 };
 
 template <int BITS>
@@ -394,7 +392,6 @@ __device__ __forceinline__ TileMeta<BITS> gemv_load_meta(const GemvParams& p, in
                    ? __ldg(reinterpret_cast<const uint2*>(p.lut) + int64_t(r) * kPerRow + i % kPerRow)
                    : make_uint2(0, 0);
   }
-  m.rp = p.row_ptr && lane <= kTileRows ? __ldg(p.row_ptr + min(tile * kTileRows + lane, p.rows)) : 0;
   return m;
 }
 
@@ -404,7 +401,6 @@ __device__ __forceinline__ void gemv_store_meta(const TileMeta<BITS>& m, GemvSha
 #pragma unroll
   for (int j = 0; j < TileMeta<BITS>::kPerLane; j++)
     if (lane + 32 * j < TileMeta<BITS>::kChunks) reinterpret_cast<uint2*>(sh.lut[buf])[lane + 32 * j] = m.lut[j];
-  if (lane <= kTileRows) sh.rp[buf][lane] = m.rp;
 }
 
 // One round of warp_transpose_sum: lanes with bit OFF set keep the upper HALF values, the
@@ -438,9 +434,9 @@ __device__ __forceinline__ int warp_transpose_index(int lane) {
   return idx;
 }
 
-template <int BITS, int NTILE>
+template <int BITS, int NTILE, int G>
 __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_kernel(const GemvParams p) {
-  constexpr int G = kItemUnits<BITS>, QW = kQuarterWords<BITS>, NT8 = 8 * NTILE;
+  constexpr int QW = kQuarterWords<BITS>, NT8 = 8 * NTILE;
   constexpr int kUnitBytes = 16 * BITS;
   // Shared memory: x_s [xs_bytes] | GemvShared | each warp's ring of kStages items.
   extern __shared__ __align__(16) uint8_t smem[];
@@ -463,7 +459,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
   // cp.async and reads them back itself. Rows past the end are clamped (their sums are
   // discarded); units past the end are zero-filled (index 0, against x = 0).
   const int n_mine = warp < p.n_items ? (p.n_items - warp + kGemvWarps - 1) / kGemvWarps : 0;
-  uint8_t* ring = smem + p.xs_bytes + sizeof(GemvShared<NTILE>) + warp * kStages<NTILE> * kStageBytes<BITS>;
+  uint8_t* ring = smem + p.xs_bytes + sizeof(GemvShared<NTILE>) + warp * kStages<NTILE> * kStageBytes<BITS, G>;
   // Fetch cursor: the next item to copy, its tile's two row pointers (at this lane's quarter).
   int f_left = n_mine * my_tiles, f_item = warp, f_tile = blockIdx.x;
   const uint8_t* f_row[2];
@@ -475,7 +471,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
   f_rows();
   auto fetch = [&](int stage) {
     if (f_left <= 0) return;
-    uint8_t* dst = ring + stage * kStageBytes<BITS> + lane * (BITS == 4 ? 16 : 8);
+    uint8_t* dst = ring + stage * kStageBytes<BITS, G> + lane * (BITS == 4 ? 16 : 8);
     const int valid = p.n_units - f_item * G;  // units of this item inside the row
     const int64_t off = int64_t(f_item) * G * kUnitBytes;
 #pragma unroll
@@ -503,7 +499,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
     }
   };
   auto read_quarter = [&](int stage, int u, int hr, uint32_t (&w)[QW]) {
-    const uint8_t* src = ring + stage * kStageBytes<BITS>;
+    const uint8_t* src = ring + stage * kStageBytes<BITS, G>;
     const int slot = (u * 2 + hr) * 32 + lane;
     if constexpr (BITS == 4) {
       const uint4 v = *reinterpret_cast<const uint4*>(src + slot * 16);
@@ -522,11 +518,41 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
   }
   TileMeta<BITS> meta;
   if (warp == 0) gemv_store_meta<BITS, NTILE>(gemv_load_meta<BITS>(p, blockIdx.x), sh, 0);
+
+  // Outliers of this warp's rows (warp, warp + 8 of each tile), a tile ahead: while tile k
+  // runs, the first 32 CSR entries of tile k + 1 and the row pointers of tile k + 2 are in
+  // flight, so no DRAM latency is exposed at a tile's end (it was, once per tile, at 1 block
+  // per SM: 8+ tokens).
+  int rp_cur[4] = {0, 0, 0, 0}, rp_nxt[4] = {0, 0, 0, 0};  // [row k0, row k1] x 2 rows
+  int oc_cur[2] = {0, 0}, oc_nxt[2] = {0, 0};              // column of entry `lane`
+  uint16_t ov_cur[2] = {0, 0}, ov_nxt[2] = {0, 0};         // its value
+  auto load_rp = [&](int tile, int (&rp)[4]) {
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+      const int r = tile * kTileRows + warp + 8 * rr;
+      rp[2 * rr] = __ldg(p.row_ptr + min(r, p.rows));
+      rp[2 * rr + 1] = __ldg(p.row_ptr + min(r + 1, p.rows));
+    }
+  };
+  auto load_csr = [&](const int (&rp)[4], int (&oc)[2], uint16_t (&ov)[2]) {
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+      const int kk = rp[2 * rr] + lane;
+      const bool ok = kk < rp[2 * rr + 1];
+      oc[rr] = ok ? __ldg(p.col_idx + kk) : 0;
+      ov[rr] = ok ? __ldg(p.values + kk) : uint16_t(0);
+    }
+  };
+  if (has_outliers) {
+    load_rp(blockIdx.x, rp_cur);
+    load_csr(rp_cur, oc_cur, ov_cur);
+    if (my_tiles > 1) load_rp(blockIdx.x + gridDim.x, rp_nxt);
+  }
   // Everything above reads only the weights (index words, LUT, CSR row pointers): with PDL
   // it overlaps the previous kernel; x and y belong to the earlier kernels (kernels/pdl.cuh).
   pdl_wait();
   pdl_launch_dependents();
-  if (p.n_chunks == 1) gemv_stage_x<BITS>(p, xs, 0);
+  if (p.n_chunks == 1) gemv_stage_x<BITS, G>(p, xs, 0);
   __syncthreads();
 
   int stage = 0;  // ring stage of the warp's next item
@@ -543,15 +569,10 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
         lut1.lo[j] = prmt(e1[2 * j], e1[2 * j + 1], 0x6420), lut1.hi[j] = prmt(e1[2 * j], e1[2 * j + 1], 0x7531);
       }
     }
-    // The first 32 CSR entries of this warp's rows (warp, warp + 8), applied after the items.
-    int o_col[2];
-    uint16_t o_val[2];
-#pragma unroll
-    for (int rr = 0; rr < 2; rr++) {
-      const int kk = has_outliers ? sh.rp[par][warp + 8 * rr] + lane : 0;
-      const bool ok = has_outliers && kk < sh.rp[par][warp + 8 * rr + 1];
-      o_col[rr] = ok ? __ldg(p.col_idx + kk) : 0;
-      o_val[rr] = ok ? __ldg(p.values + kk) : uint16_t(0);
+    int rp_nn[4] = {0, 0, 0, 0};
+    if (has_outliers && k + 1 < my_tiles) {
+      load_csr(rp_nxt, oc_nxt, ov_nxt);
+      if (k + 2 < my_tiles) load_rp(tile + 2 * gridDim.x, rp_nn);
     }
 
     float acc[2][NTILE][4];
@@ -564,7 +585,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
       const int item0 = c * p.chunk_items, item1 = min(item0 + p.chunk_items, p.n_items);
       if (p.n_chunks > 1) {
         __syncthreads();  // everyone is done with the previous chunk
-        gemv_stage_x<BITS>(p, xs, c);
+        gemv_stage_x<BITS, G>(p, xs, c);
         __syncthreads();
       }
       for (int item = item0 + warp; item < item1; item += kGemvWarps) {
@@ -603,7 +624,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
 #pragma unroll
       for (int i = 0; i < NT8; i++) s[i] = 0.0f;
       if (has_outliers) {
-        const int k0 = sh.rp[par][rl], k1 = sh.rp[par][rl + 1];
+        const int k0 = rp_cur[2 * rr], k1 = rp_cur[2 * rr + 1];
         auto add = [&](int col, float v) {
 #pragma unroll
           for (int i = 0; i < NT8; i++)
@@ -611,7 +632,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
               s[i] += v * h2f(p.n_chunks == 1 ? xs_h[i * tok_stride_h + xs_offset<BITS>(col)]
                                                : __ldg(p.x + int64_t(i) * p.cols + col));
         };
-        if (k0 + lane < k1) add(o_col[rr], h2f(o_val[rr]));
+        if (k0 + lane < k1) add(oc_cur[rr], h2f(ov_cur[rr]));
         for (int kk = k0 + 32 + lane; kk < k1; kk += 32) add(__ldg(p.col_idx + kk), h2f(__ldg(p.values + kk)));
       }
       if (NT8 == 8 && p.n_tokens == 1) {
@@ -634,6 +655,10 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
           make_float2(acc[0][nt][2] + acc[1][nt][2], acc[0][nt][3] + acc[1][nt][3]);
     }
     if (warp == 0 && k + 1 < my_tiles) gemv_store_meta<BITS, NTILE>(meta, sh, par ^ 1);
+#pragma unroll
+    for (int i = 0; i < 4; i++) rp_cur[i] = rp_nxt[i], rp_nxt[i] = rp_nn[i];
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) oc_cur[rr] = oc_nxt[rr], ov_cur[rr] = ov_nxt[rr];
     __syncthreads();
     if (int(threadIdx.x) < kTileRows * p.n_tokens) {
       const int rl = threadIdx.x & 15, tok = threadIdx.x >> 4, r = tile * kTileRows + rl;
@@ -872,8 +897,12 @@ void allow_smem(Kernel kernel, int bytes) {
 
 template <int BITS>
 void init_bits(int smem) {
-  allow_smem(lut_gemv_kernel<BITS, 1>, smem);
-  allow_smem(lut_gemv_kernel<BITS, 2>, smem);
+  allow_smem(lut_gemv_kernel<BITS, 1, kItemUnits<BITS>>, smem);
+  allow_smem(lut_gemv_kernel<BITS, 2, kItemUnits<BITS>>, smem);
+  if constexpr (kItemUnits<BITS> != 2) {
+    allow_smem(lut_gemv_kernel<BITS, 1, 2>, smem);
+    allow_smem(lut_gemv_kernel<BITS, 2, 2>, smem);
+  }
   allow_smem(lut_gemm_kernel<BITS, 128, 128, 4, 4>, smem);
   allow_smem(lut_gemm_kernel<BITS, 64, 64, 2, 2>, smem);
 }
@@ -903,11 +932,11 @@ int blocks_per_sm(Kernel kernel, int threads, size_t smem) {
 }
 
 
-template <int BITS, int NTILE>
-void launch_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
-                 cudaStream_t stream, const DeviceInfo& dev) {
-  constexpr int G = kItemUnits<BITS>;
-  GemvParams p{};
+// Parameters and shared memory of lut_gemv_kernel<BITS, NTILE, G>; returns its blocks per SM.
+template <int BITS, int NTILE, int G>
+int plan_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y, const DeviceInfo& dev,
+              GemvParams& p, size_t& smem) {
+  p = GemvParams{};
   p.indices = w.indices, p.row_bytes = w.row_bytes, p.lut = w.lut;
   p.row_ptr = w.nnz > 0 ? w.row_ptr : nullptr, p.col_idx = w.col_idx, p.values = w.values;
   p.x = x, p.y = y, p.rows = w.rows, p.cols = w.cols, p.n_tokens = n_tokens;
@@ -916,7 +945,7 @@ void launch_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* 
   p.n_tiles = (w.rows + kTileRows - 1) / kTileRows;
   p.x_vec = w.cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
 
-  const int fixed = int(sizeof(GemvShared<NTILE>)) + kGemvWarps * kStages<NTILE> * kStageBytes<BITS>;
+  const int fixed = int(sizeof(GemvShared<NTILE>)) + kGemvWarps * kStages<NTILE> * kStageBytes<BITS, G>;
   const int item_bytes = G * kUnitCols * 2;  // x_s bytes per token per item
   auto xs_bytes = [&](int items) { return n_tokens * (items * item_bytes + 32); };
   p.chunk_items = p.n_items;
@@ -929,14 +958,35 @@ void launch_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* 
   p.n_chunks = (p.n_items + p.chunk_items - 1) / p.chunk_items;
   p.x_tok_stride = p.chunk_items * item_bytes + 32;  // == 32 mod 128: conflict-free B loads
   p.xs_bytes = (xs_bytes(p.chunk_items) + 15) / 16 * 16;
-  const size_t smem = size_t(p.xs_bytes) + fixed;
+  smem = size_t(p.xs_bytes) + fixed;
   if (smem > size_t(dev.smem_optin))
     throw std::runtime_error("lut_gemm_cuda: x does not fit in shared memory (" +
                              std::to_string(smem) + " bytes)");
+  return blocks_per_sm(lut_gemv_kernel<BITS, NTILE, G>, kGemvThreads, smem);
+}
 
-  auto kernel = lut_gemv_kernel<BITS, NTILE>;
-  const int grid = std::min(p.n_tiles, dev.n_sms * blocks_per_sm(kernel, kGemvThreads, smem));
-  launch_pdl(kernel, grid, kGemvThreads, smem, stream, p);
+// 3/2 bits: items of 4 units (fewer per-item overheads) unless items of 2 units (half the
+// ring) give more blocks per SM or keep x in one chunk, as at 8 tokens (x of 64 KB at K =
+// 4096: 2 blocks per SM instead of 1; K = 11008: 172 KB, one chunk instead of two).
+template <int BITS, int NTILE>
+void launch_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
+                 cudaStream_t stream, const DeviceInfo& dev) {
+  constexpr int G = kItemUnits<BITS>;
+  GemvParams p;
+  size_t smem = 0;
+  const int blocks = plan_gemv<BITS, NTILE, G>(w, x, n_tokens, y, dev, p, smem);
+  if constexpr (G != 2) {
+    GemvParams p2;
+    size_t smem2 = 0;
+    const int blocks2 = plan_gemv<BITS, NTILE, 2>(w, x, n_tokens, y, dev, p2, smem2);
+    if (blocks2 > blocks || (p.n_chunks > 1 && p2.n_chunks == 1)) {
+      const int grid = std::min(p2.n_tiles, dev.n_sms * blocks2);
+      launch_pdl(lut_gemv_kernel<BITS, NTILE, 2>, grid, kGemvThreads, smem2, stream, p2);
+      return;
+    }
+  }
+  const int grid = std::min(p.n_tiles, dev.n_sms * blocks);
+  launch_pdl(lut_gemv_kernel<BITS, NTILE, G>, grid, kGemvThreads, smem, stream, p);
 }
 
 template <int BITS, int BM, int BN, int MT, int NT>

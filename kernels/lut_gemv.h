@@ -18,9 +18,6 @@ struct PackedMatrix {
   int64_t nnz = 0;
 };
 
-// Dense reconstruction of one row (D + S), fp32.
-void lut_decode_row(const PackedMatrix& w, int row, float* out);
-
 // CPU: y[t, r] = sum_c W[r, c] * x[t, c] for t < n_tokens; x [n_tokens, cols],
 // y [n_tokens, rows], fp32 accumulate. Each row is decoded once for all tokens.
 void lut_gemm(const PackedMatrix& w, const float* x, int n_tokens, float* y, ThreadPool& pool);

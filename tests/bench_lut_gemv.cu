@@ -1,8 +1,9 @@
 // Benchmark of lut_gemm_cuda (kernels/lut_gemv.cu) at LLaMA-7B shapes, 3 and 4 bits, without
 // and with 0.45% outliers, for 1, 8, 16 and 512 tokens. For each: time per call, bytes moved
 // (indices + LUT + CSR + x + y: each read or written once), GB/s, % of the measured read
-// bandwidth and the floor (bytes / bandwidth); for 512 tokens also TFLOP/s next to cuBLAS
-// fp16 GEMM (cublasGemmEx, fp16 in, fp32 compute and out) of the same shape.
+// bandwidth and the floor (bytes / bandwidth); for more than 16 tokens also TFLOP/s, cuBLAS
+// fp16 GEMM (cublasGemmEx, fp16 in, fp32 compute and out) of the same shape, and the prefill
+// path of the engine: lut_dequant_cuda into an fp16 matrix, then that cuBLAS GEMM.
 //
 // The denominator is measured first: a streaming read of 1 GiB (read_bandwidth_cuda).
 // Timing: a CUDA graph of launches rotating over enough weight copies (>= 160 MB) that L2
@@ -29,7 +30,7 @@
 #include "kernels/bandwidth.h"
 #include "kernels/cublas_check.h"
 #include "kernels/cuda_common.h"
-#include "kernels/lut_gemv.h"
+#include "kernels/lut_dequant.h"
 #include "kernels/packed_layout.h"
 #include "kernels/parallel.h"
 #include "model/dtype.h"
@@ -203,6 +204,25 @@ void validate(const HostMatrix& h, const PackedMatrix& dev, const std::vector<fl
   }
 }
 
+// lut_dequant_cuda on copy 0: rows [0, 32) must equal the CPU rows rounded to fp16, bit for bit.
+void check_dequant(const HostMatrix& h, const PackedMatrix& dev, uint16_t* d_w, const std::string& what) {
+  lut_dequant_cuda(dev, d_w, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const int nr = std::min(32, h.rows);
+  std::vector<uint16_t> got(size_t(nr) * h.cols);
+  CUDA_CHECK(cudaMemcpy(got.data(), d_w, got.size() * 2, cudaMemcpyDeviceToHost));
+  std::vector<float> row(h.cols);
+  const PackedMatrix sub = h.view();
+  for (int r = 0; r < nr; r++) {
+    lut_decode_row(sub, r, row.data());
+    for (int c = 0; c < h.cols; c++)
+      if (got[size_t(r) * h.cols + c] != f32_to_f16(row[c])) {
+        std::fprintf(stderr, "FAILED %s: dequantized row %d col %d differs from the CPU\n", what.c_str(), r, c);
+        std::exit(1);
+      }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -239,9 +259,9 @@ int main(int argc, char** argv) {
   CUBLAS_CHECK(cublasSetStream(blas, stream));
   std::mt19937_64 rng(12345);
 
-  std::printf("%-14s %5s %5s %4s %5s %6s %9s %8s %7s %5s %8s %8s %9s %8s\n", "shape", "rows", "cols",
+  std::printf("%-14s %5s %5s %4s %5s %6s %9s %8s %7s %5s %8s %8s %9s %8s %7s %8s\n", "shape", "rows", "cols",
               "bits", "outl%", "tokens", "time_us", "MB", "GB/s", "%bw", "floor_us", "TFLOP/s",
-              "cuBLAS_us", "cuBLAS_TF");
+              "cuBLAS_us", "cuBLAS_TF", "deq_us", "deq+BLAS");
   for (const Shape& shape : kShapes) {
     if (!only_shape.empty() && only_shape != shape.name) continue;
     for (int bits : bit_widths)
@@ -270,7 +290,7 @@ int main(int argc, char** argv) {
           std::printf("%-14s %5d %5d %4d %5.2f %6d %9.2f %8.2f %7.0f %5.1f %8.2f", shape.name, shape.rows,
                       shape.cols, bits, 100 * frac, n, us, bytes / 1e6, gbs, 100 * gbs * 1e9 / bw,
                       bytes / bw * 1e6);
-          if (n >= 64) {
+          if (n > 16) {
             const double flops = 2.0 * shape.rows * shape.cols * n;
             // cuBLAS: y[n, rows] = x[n, cols] W^T with W fp16 [rows, cols] (random, not zeros).
             uint16_t* d_w = nullptr;
@@ -298,10 +318,16 @@ int main(int argc, char** argv) {
               ms.push_back(t / 10);
             }
             const double blas_us = 1e3 * median(ms);
+            // The prefill path: dequantize (rotating over the copies, as the engine reads each
+            // layer's weights once), then the GEMM on the fp16 result.
+            check_dequant(h, copies[0]->m, d_w, what);
+            const double deq_us = time_graph(
+                [&](cudaStream_t s, int i) { lut_dequant_cuda(copies[i % n_copies]->m, d_w, s); }, n_launch, stream);
             CUDA_CHECK(cudaEventDestroy(a));
             CUDA_CHECK(cudaEventDestroy(b));
             CUDA_CHECK(cudaFree(d_w));
-            std::printf(" %8.1f %9.2f %8.1f", flops / (us * 1e-6) / 1e12, blas_us, flops / (blas_us * 1e-6) / 1e12);
+            std::printf(" %8.1f %9.2f %8.1f %7.2f %8.2f", flops / (us * 1e-6) / 1e12, blas_us,
+                        flops / (blas_us * 1e-6) / 1e12, deq_us, deq_us + blas_us);
           }
           std::printf("\n");
           std::fflush(stdout);

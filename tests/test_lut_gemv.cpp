@@ -4,6 +4,8 @@
 // whose every column is an outlier, unsorted CSR columns, token counts that hit every kernel
 // path (GEMV 1..8, 9..16, tensor-core GEMM > 16 with both tile sizes), CUDA graph capture.
 // y is poisoned with NaN before each launch: every element must be written.
+// lut_dequant_cuda (kernels/lut_dequant.cu, the prefill path) against the CPU lut_decode_row
+// rounded to fp16: bit for bit, on the same shapes and outlier patterns.
 // Skips (does not fail) without a CUDA device.
 #include <gtest/gtest.h>
 
@@ -18,7 +20,7 @@
 #include <vector>
 
 #include "kernels/cuda_common.h"
-#include "kernels/lut_gemv.h"
+#include "kernels/lut_dequant.h"
 #include "kernels/packed_layout.h"
 #include "kernels/parallel.h"
 #include "model/dtype.h"
@@ -306,6 +308,18 @@ TEST(LutGemmCuda, Llama7bShapes) {
   std::printf("largest |err| / sum|wx|: %.3g\n", worst);
 }
 
+// 3/2 bits with x large enough that items of 2 units give more blocks per SM (launch_gemv):
+// 333 x 3999 at 5 and 8 tokens takes the G = 2 kernels (1 token stays on G = 4).
+TEST(LutGemmCuda, ItemsOfTwoUnits) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(12);
+  for (int bits : {2, 3})
+    for (Outliers o : kPatterns) {
+      TestMatrix m(333, 3999, bits, o, rng);
+      for (int n : {1, 5, 8}) check_case(m, n, rng, case_name(333, 3999, bits, o, n));
+    }
+}
+
 // CSR columns in random order within each row: the GEMM applies late entries from global x.
 TEST(LutGemmCuda, UnsortedOutlierColumns) {
   SKIP_WITHOUT_GPU();
@@ -368,6 +382,73 @@ TEST(LutGemmCuda, RejectsBadArguments) {
   w = m.dev;
   w.indices += 8;
   EXPECT_THROW(lut_gemm_cuda(w, d_x.p, 1, d_y.p, nullptr), std::invalid_argument);
+}
+
+// lut_dequant_cuda: every element equals f32_to_f16 of the CPU row (LUT value + outliers in
+// fp32), bit for bit. `offset` (elements) shifts the output off 16-byte alignment, which
+// forces the scalar stores; a guard element on each side must stay untouched.
+void check_dequant(const TestMatrix& m, int offset, const std::string& what) {
+  const size_t n = size_t(m.rows) * m.cols;
+  DeviceBuf<uint16_t> d_out(n + offset + 1);
+  CUDA_CHECK(cudaMemset(d_out.p, 0xff, (n + offset + 1) * 2));  // 0xffff: a NaN, never a result
+  lut_dequant_cuda(m.dev, d_out.p + offset, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<uint16_t> out = d_out.download();
+  if (offset > 0) {
+    ASSERT_EQ(out[offset - 1], 0xffff) << what << ": wrote before the matrix";
+  }
+  ASSERT_EQ(out[offset + n], 0xffff) << what << ": wrote past the matrix";
+  std::vector<float> row(m.cols);
+  int bad = 0;
+  for (int r = 0; r < m.rows; r++) {
+    lut_decode_row(m.host, r, row.data());
+    for (int c = 0; c < m.cols; c++) {
+      const uint16_t want = f32_to_f16(row[c]), got = out[offset + size_t(r) * m.cols + c];
+      if (got != want && bad++ < 10) {
+        ADD_FAILURE() << what << ": row " << r << " col " << c << ": gpu 0x" << std::hex << got << " cpu 0x"
+                      << want << std::dec;
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0) << what;
+}
+
+TEST(LutDequantCuda, MatchesCpuBitForBit) {
+  SKIP_WITHOUT_GPU();
+  const std::pair<int, int> shapes[] = {{1, 1}, {7, 13}, {33, 129}, {130, 257}, {64, 1000}, {5, 4096}, {3, 11008}};
+  std::mt19937 rng(8);
+  for (int bits : {2, 3, 4})
+    for (auto [rows, cols] : shapes)
+      for (Outliers o : kPatterns) {
+        TestMatrix m(rows, cols, bits, o, rng);
+        const std::string what = std::to_string(rows) + "x" + std::to_string(cols) + " bits " + std::to_string(bits) +
+                                 " outliers " + outliers_name(o);
+        check_dequant(m, 0, what);
+        check_dequant(m, 3, what + " unaligned");
+      }
+}
+
+TEST(LutDequantCuda, Llama7bShapeRealisticOutliers) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(9);
+  TestMatrix m(4096, 4096, 3, Outliers::REALISTIC, rng);
+  check_dequant(m, 0, "4096x4096 bits 3 realistic");
+}
+
+TEST(LutDequantCuda, RejectsBadArguments) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(10);
+  TestMatrix m(16, 128, 3, Outliers::NONE, rng);
+  DeviceBuf<uint16_t> d_out(16 * 128);
+  PackedMatrix w = m.dev;
+  w.bits = 1;
+  EXPECT_THROW(lut_dequant_cuda(w, d_out.p, nullptr), std::invalid_argument);
+  w = m.dev;
+  w.row_bytes -= 16;
+  EXPECT_THROW(lut_dequant_cuda(w, d_out.p, nullptr), std::invalid_argument);
+  w = m.dev;
+  w.nnz = 5, w.col_idx = nullptr;
+  EXPECT_THROW(lut_dequant_cuda(w, d_out.p, nullptr), std::invalid_argument);
 }
 
 }  // namespace
