@@ -1,8 +1,10 @@
 // Programmatic dependent launch (PDL, sm_90): a kernel started by launch_pdl may begin while
 // the kernel before it in the stream is still running, so a decode step's ~300 small kernels
 // do not each pay a launch gap and a cold start. The contract for every kernel launched so:
-//   * before pdl_wait() it reads only constant data (weights, LUTs, the CSR) and writes
-//     only its own shared memory and registers;
+//   * before pdl_wait() it reads only constant data (weights, LUTs, the CSR, norm weights,
+//     and the step's inputs - token ids, positions - which the host copies in before the
+//     step's first kernel, a plain launch) and writes only its own shared memory and
+//     registers;
 //   * pdl_wait() returns once every earlier kernel in the stream has finished and its
 //     writes are visible;
 //   * pdl_launch_dependents() lets the next kernel start (its pre-wait part) early.

@@ -5,8 +5,9 @@
 // row is 4 loads deep per thread, not 16: a single decode row is latency-bound). Pass 1: each
 // thread walks columns i = tid, tid + blockDim, ... adding the residual (storing v back to
 // x when updating in place) and summing v^2 in fp32; a block reduction gives mean(v^2).
-// Pass 2 re-reads its own columns (the same thread wrote them, so no barrier is needed) and
-// writes fp16.
+// Pass 2 writes fp16: from registers when the row is at most kRegs columns per thread (every
+// LLaMA width up to 8192), else re-reading its own columns (the same thread wrote them, so no
+// barrier is needed).
 #include <algorithm>
 #include <stdexcept>
 
@@ -19,14 +20,53 @@ namespace sqz {
 
 namespace {
 
+constexpr int kRegs = 8;  // columns per thread kept in registers
+
 __global__ void __launch_bounds__(1024) rmsnorm_kernel(RmsNormCudaParams p) {
-  pdl_wait();  // kernels/pdl.cuh: nothing before this reads earlier kernels' outputs
+  // Rows of up to kRegs x blockDim elements stay in registers (one pass over x), and the
+  // norm weights, constant, are loaded before the wait (kernels/pdl.cuh). Same sums in the
+  // same order as the general loop below.
+  const bool in_regs = p.dim <= kRegs * int(blockDim.x);
+  float wv[kRegs];
+  if (in_regs) {
+#pragma unroll
+    for (int k = 0; k < kRegs; k++) {
+      const int i = threadIdx.x + k * blockDim.x;
+      wv[k] = i < p.dim ? p.weight[i] : 0.0f;
+    }
+  }
+  pdl_wait();
   pdl_launch_dependents();
   const int j = blockIdx.x;
   const int src = p.row_index ? p.row_index[j] : j;
   float* __restrict__ x = p.x + int64_t(src) * p.dim;
   const float* __restrict__ r = p.residual ? p.residual + int64_t(src) * p.dim : nullptr;
   const bool update_x = r != nullptr && p.row_index == nullptr;
+  uint16_t* out = p.out + int64_t(j) * p.dim;
+  if (in_regs) {
+    float v[kRegs], ss = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kRegs; k++) {
+      const int i = threadIdx.x + k * blockDim.x;
+      v[k] = 0.0f;
+      if (i < p.dim) {
+        v[k] = x[i];
+        if (r) {
+          v[k] += r[i];
+          if (update_x) x[i] = v[k];
+        }
+        ss += v[k] * v[k];
+      }
+    }
+    ss = block_sum(ss);
+    const float scale = 1.0f / sqrtf(ss / float(p.dim) + p.eps);
+#pragma unroll
+    for (int k = 0; k < kRegs; k++) {
+      const int i = threadIdx.x + k * blockDim.x;
+      if (i < p.dim) out[i] = f2h(v[k] * scale * wv[k]);
+    }
+    return;
+  }
   float ss = 0.0f;
   for (int i = threadIdx.x; i < p.dim; i += blockDim.x) {
     float v = x[i];
@@ -38,7 +78,6 @@ __global__ void __launch_bounds__(1024) rmsnorm_kernel(RmsNormCudaParams p) {
   }
   ss = block_sum(ss);
   const float scale = 1.0f / sqrtf(ss / float(p.dim) + p.eps);
-  uint16_t* out = p.out + int64_t(j) * p.dim;
   for (int i = threadIdx.x; i < p.dim; i += blockDim.x) {
     float v = x[i];
     if (r && !update_x) v += r[i];

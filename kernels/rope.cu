@@ -24,13 +24,12 @@ constexpr int kRopeThreads = 256;
 constexpr int kMaxHalf = 512;  // head_dim <= 1024
 
 __global__ void __launch_bounds__(kRopeThreads) rope_kernel(RopeCudaParams p) {
-  pdl_wait();  // kernels/pdl.cuh: nothing before this reads earlier kernels' outputs
-  pdl_launch_dependents();
   const int t = blockIdx.y, half = p.head_dim / 2, kv_dim = p.n_kv_heads * p.head_dim;
   const int n_rot = (p.n_heads + p.n_kv_heads) * half;
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   const int pos = p.pos[t];
-  // cos/sin of each pair for this token, shared by the block's heads.
+  // cos/sin of each pair for this token, shared by the block's heads. Positions are step
+  // inputs, not outputs of earlier kernels, so this runs before the wait (kernels/pdl.cuh).
   __shared__ float cs_tab[kMaxHalf], sn_tab[kMaxHalf];
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
     const float inv_freq = float(1.0 / pow(double(p.theta), double(2 * i) / p.head_dim));
@@ -38,6 +37,8 @@ __global__ void __launch_bounds__(kRopeThreads) rope_kernel(RopeCudaParams p) {
     sincosf(angle, &sn_tab[i], &cs_tab[i]);
   }
   __syncthreads();
+  pdl_wait();
+  pdl_launch_dependents();
   float* row = p.qkv + int64_t(t) * p.stride;
   int64_t cache_at = 0;
   if (p.k_cache) cache_at = int64_t(p.seq[t]) * p.seq_stride + int64_t(pos) * kv_dim;
