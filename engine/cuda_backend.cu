@@ -252,6 +252,8 @@ class CudaBackend : public Backend {
     upload_weights(pool);
     CUDA_CHECK(cudaMemsetAsync(k_cache_, 0, kv_cache_elems() * 2, r_.stream));
     CUDA_CHECK(cudaMemsetAsync(v_cache_, 0, kv_cache_elems() * 2, r_.stream));
+    // the decode attention's split counters start at zero and every launch leaves them so
+    CUDA_CHECK(cudaMemsetAsync(attn_counters_, 0, attn_counter_ints() * sizeof(int), r_.stream));
     CUDA_CHECK(cudaStreamSynchronize(r_.stream));
   }
 
@@ -287,6 +289,7 @@ class CudaBackend : public Backend {
   }
   int64_t seq_stride() const { return int64_t(ctx_) * c_.kv_dim(); }
   size_t in_ints() const { return size_t(max_batch_) * 8; }  // tokens pos seq rows | tiles
+  size_t attn_counter_ints() const { return size_t(max_batch_) * c_.n_kv_heads; }
   int decode_splits(int n) const {
     return attention_decode_splits(n, c_.n_kv_heads, ctx_, n_sms_);
   }
@@ -377,6 +380,7 @@ class CudaBackend : public Backend {
       attn_floats = std::max(attn_floats, attention_decode_scratch_floats(
                                               n, c_.n_heads, c_.head_dim, decode_splits(n)));
     attn_scratch_ = a.take<float>(attn_floats);
+    attn_counters_ = a.take<int>(attn_counter_ints());
     part_tmp_ = a.take<float>(M * size_t(max_unfused_rows_));
     // fp16 copy of the largest packed part, for the prefill path (dequantize + cuBLAS).
     if (max_batch_ >= kLutDequantMinTokens) w16_ = a.take<uint16_t>(max_packed_elems_);
@@ -601,7 +605,7 @@ class CudaBackend : public Backend {
       ap.k_cache = rp.k_cache, ap.v_cache = rp.v_cache, ap.seq_stride = seq_stride();
       ap.pos = pos, ap.seq = seq, ap.out = att_;
       if (s.decode)
-        attention_decode_cuda(ap, decode_splits(n), attn_scratch_, st);
+        attention_decode_cuda(ap, decode_splits(n), attn_scratch_, attn_counters_, st);
       else
         attention_prefill_cuda(ap, tiles, s.n_tiles, st);
       linear(L.wo, att_, n, proj_);
@@ -662,6 +666,7 @@ class CudaBackend : public Backend {
   float* logits_ = nullptr;      // [M, vocab]
   int* topk_ = nullptr;          // [M * kTopKMax] ids then [M * kTopKMax] values
   float* attn_scratch_ = nullptr;  // decode split partials
+  int* attn_counters_ = nullptr;   // [M, n_kv_heads] decode splits finished (kept at zero)
   float* part_tmp_ = nullptr;    // [M, max_unfused_rows] output of an unfused packed part
   uint16_t* w16_ = nullptr;      // [max_packed_elems] fp16 dequantized part (prefill), or null
   char* cublas_ws_ = nullptr;

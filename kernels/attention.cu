@@ -1,6 +1,6 @@
 // Causal GQA attention on the GPU over the fp16 KV cache: a tiled prefill kernel (flash-
-// attention style, online softmax) and a split-K decode kernel (flash-decoding) with its
-// combine kernel. Same math as attention() in kernels/attention.cpp: scores q.k * 1/sqrt(hd)
+// attention style, online softmax) and a split-K decode kernel (flash-decoding) whose last
+// block per (token, kv head) merges the splits. Same math as attention() in kernels/attention.cpp: scores q.k * 1/sqrt(hd)
 // in fp32, softmax in fp32, fp32 accumulation of p.v; output fp16. See kernels/attention.h
 // for the parameters. Test: tests/test_cuda_kernels.cpp (AttentionCuda.*).
 //
@@ -28,7 +28,7 @@ constexpr int kThreads = 128;
 constexpr int kMaxHeadDim = 256;
 constexpr int kMaxDecodeSplits = 64;
 constexpr int kDecodeMaxAcc = 16;  // (n_heads / n_kv_heads) * head_dim <= 128 * 16
-static_assert(kThreads >= kMaxDecodeSplits, "the combine kernel has a thread per split");
+static_assert(kThreads >= kMaxDecodeSplits, "combine_head has a thread per split");
 
 // dst[i][d] = float(src[(key0 + i) * row_stride + d]) for i < kKeyTile, d < hd, where
 // key0 + i < key_end; zero for the keys past key_end. src points at the sequence's first
@@ -368,9 +368,46 @@ __global__ void __launch_bounds__(kThreads)
 // thread owns elements e = tid + 128 r of [group][hd] (kAcc registers).
 // Shared: q [group][hd], K/V [32][hd+1], p [group][32], per-head m, l, correction, partial
 // dots [128].
+// Merges the n_splits partials of head h, token t (written by the decode blocks):
+// out = sum_s w_s o_s / sum_s w_s l_s with w_s = exp(m_s - max m). Thread s < n_splits
+// (<= 64) loads split s's (m, l) so the loads run in parallel; the max and the sum are warp
+// reductions over the first two warps. Empty splits have m = -inf, l = 0, o = 0 and weigh
+// nothing; split 0 is never empty. Partials are read through L2 (__ldcg): other blocks
+// wrote them. Called by all kThreads threads of the block.
+__device__ void combine_head(const AttentionCudaParams& p, int n_splits, const float* scratch, int t, int h) {
+  __shared__ float w[kMaxDecodeSplits];
+  __shared__ float red_m[2], red_l[2];
+  const int hd = p.head_dim;
+  const int s = threadIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t n_parts = int64_t(p.n_tokens) * p.n_heads * n_splits;
+  const int64_t part0 = (int64_t(t) * p.n_heads + h) * n_splits;
+  const float* ml = scratch + n_parts * hd + part0 * 2;
+  const float m = s < n_splits ? __ldcg(ml + 2 * s) : -INFINITY;
+  const float l = s < n_splits ? __ldcg(ml + 2 * s + 1) : 0.0f;
+  const float wm = warp_max(m);
+  if (lane == 0 && warp < 2) red_m[warp] = wm;
+  __syncthreads();
+  const float mx = fmaxf(red_m[0], red_m[1]);
+  const float ws = s < n_splits ? expf(m - mx) : 0.0f;
+  if (s < kMaxDecodeSplits) w[s] = ws;
+  const float wl = warp_sum(ws * l);
+  if (lane == 0 && warp < 2) red_l[warp] = wl;
+  __syncthreads();
+  const float inv_l = 1.0f / (red_l[0] + red_l[1]);
+  const float* o = scratch + part0 * hd;
+  uint16_t* out = p.out + int64_t(t) * p.n_heads * hd + h * hd;
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float a = 0.0f;
+#pragma unroll 8
+    for (int q = 0; q < n_splits; q++) a += w[q] * __ldcg(o + q * hd + d);
+    out[d] = f2h(a * inv_l);
+  }
+  __syncthreads();  // w, red_* free for the next head
+}
+
 template <int kAcc>
 __global__ void __launch_bounds__(kThreads)
-    attention_decode_kernel(AttentionCudaParams p, int n_splits, float* scratch) {
+    attention_decode_kernel(AttentionCudaParams p, int n_splits, float* scratch, int* counters) {
   pdl_wait();  // kernels/pdl.cuh: nothing before this reads earlier kernels' outputs
   pdl_launch_dependents();
   extern __shared__ float smem[];
@@ -507,43 +544,22 @@ __global__ void __launch_bounds__(kThreads)
     scratch[n_parts * hd + part * 2] = ms[j];
     scratch[n_parts * hd + part * 2 + 1] = ls[j];
   }
-}
-
-// Block (head h, token t), 128 threads: out = sum_s w_s o_s / sum_s w_s l_s with
-// w_s = exp(m_s - max m). Thread s < n_splits (<= 64) loads split s's (m, l) so the loads run in
-// parallel; the max and the sum are warp reductions over the first two warps. Empty splits
-// have m = -inf, l = 0, o = 0 and weigh nothing; split 0 is never empty.
-__global__ void __launch_bounds__(kThreads)
-    attention_combine_kernel(AttentionCudaParams p, int n_splits, const float* scratch) {
-  pdl_wait();  // kernels/pdl.cuh: nothing before this reads earlier kernels' outputs
-  pdl_launch_dependents();
-  __shared__ float w[kMaxDecodeSplits];
-  __shared__ float red_m[2], red_l[2];
-  const int h = blockIdx.x, t = blockIdx.y, hd = p.head_dim;
-  const int s = threadIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t n_parts = int64_t(p.n_tokens) * p.n_heads * n_splits;
-  const int64_t part0 = (int64_t(t) * p.n_heads + h) * n_splits;
-  const float* ml = scratch + n_parts * hd + part0 * 2;
-  const float m = s < n_splits ? ml[2 * s] : -INFINITY;
-  const float l = s < n_splits ? ml[2 * s + 1] : 0.0f;
-  const float wm = warp_max(m);
-  if (lane == 0 && warp < 2) red_m[warp] = wm;
+  // The last of the n_splits blocks of (kv head g, token t) to finish merges them (the
+  // threadFenceReduction pattern: each block's partials are fenced before its count), then
+  // resets the counter for the next call. The merge reads the splits in a fixed order, so
+  // the result does not depend on which block comes last.
+  __shared__ bool is_last;
+  __threadfence();
   __syncthreads();
-  const float mx = fmaxf(red_m[0], red_m[1]);
-  const float ws = s < n_splits ? expf(m - mx) : 0.0f;
-  if (s < kMaxDecodeSplits) w[s] = ws;
-  const float wl = warp_sum(ws * l);
-  if (lane == 0 && warp < 2) red_l[warp] = wl;
-  __syncthreads();
-  const float inv_l = 1.0f / (red_l[0] + red_l[1]);
-  const float* o = scratch + part0 * hd;
-  uint16_t* out = p.out + int64_t(t) * p.n_heads * hd + h * hd;
-  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-    float a = 0.0f;
-#pragma unroll 8
-    for (int q = 0; q < n_splits; q++) a += w[q] * o[q * hd + d];
-    out[d] = f2h(a * inv_l);
+  if (threadIdx.x == 0) {
+    int* counter = counters + int64_t(t) * p.n_kv_heads + g;
+    is_last = atomicAdd(counter, 1) == n_splits - 1;
+    if (is_last) *counter = 0;
   }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  for (int j = 0; j < group; j++) combine_head(p, n_splits, scratch, t, g * group + j);
 }
 
 void check_params(const AttentionCudaParams& p, const char* who) {
@@ -591,7 +607,7 @@ void launch_prefill_vec(const AttentionCudaParams& p, const AttentionTile* tiles
 }
 
 template <int kAcc>
-void launch_decode(const AttentionCudaParams& p, int n_splits, float* scratch,
+void launch_decode(const AttentionCudaParams& p, int n_splits, float* scratch, int* counters,
                    cudaStream_t stream) {
   const int group = p.n_heads / p.n_kv_heads, pitch = p.head_dim + 1;
   const size_t smem =
@@ -600,7 +616,7 @@ void launch_decode(const AttentionCudaParams& p, int n_splits, float* scratch,
   static std::atomic<size_t> granted{0};
   set_smem(attention_decode_kernel<kAcc>, smem, granted);
   launch_pdl(attention_decode_kernel<kAcc>, dim3(n_splits, p.n_kv_heads, p.n_tokens), kThreads,
-             smem, stream, p, n_splits, scratch);
+             smem, stream, p, n_splits, scratch, counters);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -657,29 +673,24 @@ size_t attention_decode_scratch_floats(int n_tokens, int n_heads, int head_dim, 
 }
 
 void attention_decode_cuda(const AttentionCudaParams& p, int n_splits, float* scratch,
-                           cudaStream_t stream) {
+                           int* counters, cudaStream_t stream) {
   if (p.n_tokens <= 0) return;
   check_params(p, "attention_decode_cuda");
-  if (n_splits < 1 || n_splits > kMaxDecodeSplits || (n_splits > 1 && !scratch))
+  if (n_splits < 1 || n_splits > kMaxDecodeSplits || (n_splits > 1 && (!scratch || !counters)))
     throw std::invalid_argument("attention_decode_cuda: n_splits must be in [1, 64], with "
-                                "scratch when > 1");
+                                "scratch and counters when > 1");
   if (p.n_tokens > 65535 || p.n_kv_heads > 65535)
     throw std::invalid_argument("attention_decode_cuda: too many tokens or kv heads");
   const int gsize = (p.n_heads / p.n_kv_heads) * p.head_dim;
   const int acc = (gsize + kThreads - 1) / kThreads;
-  if (acc <= 1) launch_decode<1>(p, n_splits, scratch, stream);
-  else if (acc <= 2) launch_decode<2>(p, n_splits, scratch, stream);
-  else if (acc <= 4) launch_decode<4>(p, n_splits, scratch, stream);
-  else if (acc <= 8) launch_decode<8>(p, n_splits, scratch, stream);
-  else if (acc <= kDecodeMaxAcc) launch_decode<kDecodeMaxAcc>(p, n_splits, scratch, stream);
+  if (acc <= 1) launch_decode<1>(p, n_splits, scratch, counters, stream);
+  else if (acc <= 2) launch_decode<2>(p, n_splits, scratch, counters, stream);
+  else if (acc <= 4) launch_decode<4>(p, n_splits, scratch, counters, stream);
+  else if (acc <= 8) launch_decode<8>(p, n_splits, scratch, counters, stream);
+  else if (acc <= kDecodeMaxAcc) launch_decode<kDecodeMaxAcc>(p, n_splits, scratch, counters, stream);
   else
     throw std::invalid_argument("attention_decode_cuda: (n_heads / n_kv_heads) * head_dim = " +
                                 std::to_string(gsize) + " exceeds 2048");
-  if (n_splits > 1) {
-    launch_pdl(attention_combine_kernel, dim3(p.n_heads, p.n_tokens), kThreads, 0, stream, p,
-               n_splits, static_cast<const float*>(scratch));
-    CUDA_CHECK_LAUNCH();
-  }
 }
 
 }  // namespace sqz

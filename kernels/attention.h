@@ -62,13 +62,17 @@ void attention_prefill_cuda(const AttentionCudaParams& p, const AttentionTile* t
 
 // Decode (flash-decoding): one block per (token, kv head, split of the cache); the splits
 // cut 0..pos[t] into n_splits chunks at run time (pos is read on the device, so a CUDA
-// graph replays with any length), and a combine kernel merges them. n_splits = 1 writes
-// the output directly. Handles any batch (each token on its own), best when every token is
-// a different sequence's next token. Needs (n_heads / n_kv_heads) * head_dim <= 2048.
+// graph replays with any length), and the last block of each (token, kv head) to finish
+// merges them, in the same kernel. n_splits = 1 writes the output directly. Handles any
+// batch (each token on its own), best when every token is a different sequence's next
+// token. Needs (n_heads / n_kv_heads) * head_dim <= 2048.
+// With n_splits > 1: scratch holds attention_decode_scratch_floats() floats, and counters
+// n_tokens * n_kv_heads ints that must be zero before the first call (cudaMemset once at
+// allocation); every call leaves them zero again.
 int attention_decode_splits(int n_tokens, int n_kv_heads, int ctx_size, int n_sms);
 size_t attention_decode_scratch_floats(int n_tokens, int n_heads, int head_dim, int n_splits);
 void attention_decode_cuda(const AttentionCudaParams& p, int n_splits, float* scratch,
-                           cudaStream_t stream);
+                           int* counters, cudaStream_t stream);
 
 }  // namespace sqz
 #endif

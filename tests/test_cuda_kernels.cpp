@@ -300,8 +300,16 @@ void check_attention(const AttnCase& c, const AttnData& d, AttnPath path, int n_
   } else {
     DeviceBuffer<float> scratch(std::max<size_t>(
         1, attention_decode_scratch_floats(d.n, c.n_heads, c.head_dim, n_splits)));
-    attention_decode_cuda(p, n_splits, scratch.p, nullptr);
+    DeviceBuffer<int> counters(size_t(d.n) * c.n_kv_heads);
+    CUDA_CHECK(cudaMemset(counters.p, 0, size_t(d.n) * c.n_kv_heads * sizeof(int)));
+    attention_decode_cuda(p, n_splits, scratch.p, counters.p, nullptr);
     expect_close(f16_to_f32_vec(out.download()), d.ref, kAttnAbs, kF16OutRel, "attention");
+    // Every call leaves the counters at zero, so a second call gives the same output.
+    EXPECT_EQ(counters.download(), std::vector<int>(size_t(d.n) * c.n_kv_heads, 0)) << c.name;
+    const std::vector<uint16_t> first = out.download();
+    out.poison();
+    attention_decode_cuda(p, n_splits, scratch.p, counters.p, nullptr);
+    EXPECT_EQ(out.download(), first) << c.name << ": second call differs";
   }
 }
 
