@@ -21,9 +21,9 @@
 // Linears: dense weights (F32/F16/BF16 on disk) are fp16 on the device and run through
 // cublasGemmEx (fp16 A/B, fp32 compute and output); packed weights run through
 // lut_gemm_cuda (kernels/lut_gemv.cu), or, from kLutDequantMinTokens tokens on (prefill),
-// through lut_dequant_cuda into one fp16 scratch matrix and the same cuBLAS call. q/k/v and gate/up are fused into one matrix each at
-// upload when their parts are of one kind (packed: equal bits); otherwise each part writes
-// its rows of the fused output.
+// through lut_dequant_cuda into one fp16 scratch matrix and the same cuBLAS call. q/k/v and
+// gate/up are fused into one matrix each at upload when their parts are of one kind
+// (packed: equal bits); otherwise each part writes its rows of the fused output.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -545,21 +545,11 @@ class CudaBackend : public Backend {
   void linear(const DeviceLinear& L, const uint16_t* x, int n, float* y) {
     for (const DevicePart& p : L.parts) {
       if (!p.packed) {
-        // Row-major W [rows, cols] is column-major W^T with ld = cols; y^T = W x^T is the
-        // column-major [rows, n] matrix with ld = L.rows (the fused row width).
-        const float one = 1.0f, zero = 0.0f;
-        CUBLAS_CHECK(cublasGemmEx(r_.cublas, CUBLAS_OP_T, CUBLAS_OP_N, p.rows, n, L.cols, &one,
-                                  p.w, CUDA_R_16F, L.cols, x, CUDA_R_16F, L.cols, &zero,
-                                  y + p.row0, CUDA_R_32F, L.rows, CUBLAS_COMPUTE_32F,
-                                  CUBLAS_GEMM_DEFAULT));
+        dense_part(L, p, p.w, x, n, y);
       } else if (n >= kLutDequantMinTokens && w16_) {
         // Prefill: dense fp16 copy of the part, then the same cuBLAS call as a dense part.
         lut_dequant_cuda(p.pm, w16_, r_.stream);
-        const float one = 1.0f, zero = 0.0f;
-        CUBLAS_CHECK(cublasGemmEx(r_.cublas, CUBLAS_OP_T, CUBLAS_OP_N, p.rows, n, L.cols, &one,
-                                  w16_, CUDA_R_16F, L.cols, x, CUDA_R_16F, L.cols, &zero,
-                                  y + p.row0, CUDA_R_32F, L.rows, CUBLAS_COMPUTE_32F,
-                                  CUBLAS_GEMM_DEFAULT));
+        dense_part(L, p, w16_, x, n, y);
       } else if (p.rows == L.rows) {
         lut_gemm_cuda(p.pm, x, n, y, r_.stream);
       } else {
@@ -569,6 +559,17 @@ class CudaBackend : public Backend {
                                      cudaMemcpyDeviceToDevice, r_.stream));
       }
     }
+  }
+
+  // The rows of part p of y from the fp16 row-major W [p.rows, L.cols] through cuBLAS:
+  // row-major W is column-major W^T with ld = cols; y^T = W x^T is the column-major
+  // [rows, n] matrix with ld = L.rows (the fused row width).
+  void dense_part(const DeviceLinear& L, const DevicePart& p, const uint16_t* w, const uint16_t* x,
+                  int n, float* y) {
+    const float one = 1.0f, zero = 0.0f;
+    CUBLAS_CHECK(cublasGemmEx(r_.cublas, CUBLAS_OP_T, CUBLAS_OP_N, p.rows, n, L.cols, &one, w,
+                              CUDA_R_16F, L.cols, x, CUDA_R_16F, L.cols, &zero, y + p.row0,
+                              CUDA_R_32F, L.rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 
   void enqueue_forward(const StepShape& s) {
