@@ -294,7 +294,8 @@ constexpr int kStageBytes = G * 2 * 32 * kLaneQuarterBytes<BITS>;
 template <int BITS>
 constexpr int kLutRowBytes = 2 << BITS;  // 2^BITS fp16 entries
 
-struct GemvParams {
+// The matrix, x and y as both kernels take them (linear_params() fills it).
+struct LinearParams {
   const uint8_t* indices;
   int64_t row_bytes;
   const uint16_t* lut;
@@ -304,14 +305,17 @@ struct GemvParams {
   const uint16_t* x;
   float* y;
   int rows, cols, n_tokens;
-  int n_units;        // ceil(cols / 128)
+  int n_units;  // ceil(cols / 128)
+  bool x_vec;   // x 16-byte aligned and cols % 8 == 0: stage / copy with 16-byte loads
+};
+
+struct GemvParams : LinearParams {
   int n_items;        // ceil(n_units / G)
   int chunk_items;    // items per x chunk
   int n_chunks;
   int n_tiles;        // ceil(rows / 16)
   int x_tok_stride;   // bytes between tokens in x_s
   int xs_bytes;       // bytes of x_s
-  bool x_vec;         // x 16-byte aligned and cols % 8 == 0: stage with 16-byte loads
 };
 
 // Shared memory of the GEMV kernel after x_s: partial tiles, outlier sums, LUT rows.
@@ -690,18 +694,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
 constexpr int kGemmThreads = 256;
 constexpr int kLds = 136;  // shared row stride in halves (272 bytes)
 
-struct GemmParams {
-  const uint8_t* indices;
-  int64_t row_bytes;
-  const uint16_t* lut;
-  const int32_t* row_ptr;  // null: no outliers
-  const int32_t* col_idx;
-  const uint16_t* values;
-  const uint16_t* x;
-  float* y;
-  int rows, cols, n_tokens, n_units;
-  bool x_vec;
-};
+using GemmParams = LinearParams;
 
 template <int BM, int BN>
 constexpr size_t gemm_smem_bytes() {
@@ -932,18 +925,24 @@ int blocks_per_sm(Kernel kernel, int threads, size_t smem) {
 }
 
 
+LinearParams linear_params(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y) {
+  LinearParams p{};
+  p.indices = w.indices, p.row_bytes = w.row_bytes, p.lut = w.lut;
+  p.row_ptr = w.nnz > 0 ? w.row_ptr : nullptr, p.col_idx = w.col_idx, p.values = w.values;
+  p.x = x, p.y = y, p.rows = w.rows, p.cols = w.cols, p.n_tokens = n_tokens;
+  p.n_units = (w.cols + kUnitCols - 1) / kUnitCols;
+  p.x_vec = w.cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  return p;
+}
+
 // Parameters and shared memory of lut_gemv_kernel<BITS, NTILE, G>; returns its blocks per SM.
 template <int BITS, int NTILE, int G>
 int plan_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y, const DeviceInfo& dev,
               GemvParams& p, size_t& smem) {
   p = GemvParams{};
-  p.indices = w.indices, p.row_bytes = w.row_bytes, p.lut = w.lut;
-  p.row_ptr = w.nnz > 0 ? w.row_ptr : nullptr, p.col_idx = w.col_idx, p.values = w.values;
-  p.x = x, p.y = y, p.rows = w.rows, p.cols = w.cols, p.n_tokens = n_tokens;
-  p.n_units = (w.cols + kUnitCols - 1) / kUnitCols;
+  static_cast<LinearParams&>(p) = linear_params(w, x, n_tokens, y);
   p.n_items = (p.n_units + G - 1) / G;
   p.n_tiles = (w.rows + kTileRows - 1) / kTileRows;
-  p.x_vec = w.cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
 
   const int fixed = int(sizeof(GemvShared<NTILE>)) + kGemvWarps * kStages<NTILE> * kStageBytes<BITS, G>;
   const int item_bytes = G * kUnitCols * 2;  // x_s bytes per token per item
@@ -968,8 +967,8 @@ int plan_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y, 
 // 3/2 bits: items of 4 units (fewer per-item overheads) unless x leaves room for only one
 // block per SM or needs chunks, and items of 2 units (half the ring) fix that: at 8 tokens,
 // x of 64 KB at K = 4096 (2 blocks per SM instead of 1) or 172 KB at K = 11008 (one chunk
-// instead of two). Measured: tg128 batch 8 on LLaMA-7B 3-bit 5.05 -> 3.75 ms per step. Only
-// then: at one token, 3 blocks of G = 2 against 2 of G = 4 (down, K = 11008) was 20% slower.
+// instead of two). Measured: tg128 batch 8 on LLaMA-7B 3-bit 5.05 -> 3.75 ms per step. Not
+// otherwise: at one token, 3 blocks of G = 2 against 2 of G = 4 (down, K = 11008) was 20% slower.
 template <int BITS, int NTILE>
 void launch_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
                  cudaStream_t stream, const DeviceInfo& dev) {
@@ -978,13 +977,15 @@ void launch_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* 
   size_t smem = 0;
   const int blocks = plan_gemv<BITS, NTILE, G>(w, x, n_tokens, y, dev, p, smem);
   if constexpr (G != 2) {
-    GemvParams p2;
-    size_t smem2 = 0;
-    const int blocks2 = plan_gemv<BITS, NTILE, 2>(w, x, n_tokens, y, dev, p2, smem2);
-    if ((blocks == 1 && blocks2 > 1) || (p.n_chunks > 1 && p2.n_chunks == 1)) {
-      const int grid = std::min(p2.n_tiles, dev.n_sms * blocks2);
-      launch_pdl(lut_gemv_kernel<BITS, NTILE, 2>, grid, kGemvThreads, smem2, stream, p2);
-      return;
+    if (blocks == 1 || p.n_chunks > 1) {  // else there is nothing G = 2 could improve
+      GemvParams p2;
+      size_t smem2 = 0;
+      const int blocks2 = plan_gemv<BITS, NTILE, 2>(w, x, n_tokens, y, dev, p2, smem2);
+      if ((blocks == 1 && blocks2 > 1) || (p.n_chunks > 1 && p2.n_chunks == 1)) {
+        const int grid = std::min(p2.n_tiles, dev.n_sms * blocks2);
+        launch_pdl(lut_gemv_kernel<BITS, NTILE, 2>, grid, kGemvThreads, smem2, stream, p2);
+        return;
+      }
     }
   }
   const int grid = std::min(p.n_tiles, dev.n_sms * blocks);
@@ -1002,12 +1003,7 @@ void launch_gemm_tile(const GemmParams& p, cudaStream_t stream) {
 template <int BITS>
 void launch_gemm(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
                  cudaStream_t stream, const DeviceInfo& dev) {
-  GemmParams p{};
-  p.indices = w.indices, p.row_bytes = w.row_bytes, p.lut = w.lut;
-  p.row_ptr = w.nnz > 0 ? w.row_ptr : nullptr, p.col_idx = w.col_idx, p.values = w.values;
-  p.x = x, p.y = y, p.rows = w.rows, p.cols = w.cols, p.n_tokens = n_tokens;
-  p.n_units = (w.cols + kUnitCols - 1) / kUnitCols;
-  p.x_vec = w.cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  const GemmParams p = linear_params(w, x, n_tokens, y);
   // 128 x 128 tiles when they make nearly a wave, else 64 x 64.
   const int64_t big_blocks = int64_t((w.rows + 127) / 128) * ((n_tokens + 127) / 128);
   if (big_blocks * 4 >= int64_t(dev.n_sms) * 3)
