@@ -1,8 +1,8 @@
 // Causal GQA attention on the GPU over the fp16 KV cache: a tiled prefill kernel (flash-
 // attention style, online softmax) and a split-K decode kernel (flash-decoding) whose last
-// block per (token, kv head) merges the splits. Same math as attention() in kernels/attention.cpp: scores q.k * 1/sqrt(hd)
-// in fp32, softmax in fp32, fp32 accumulation of p.v; output fp16. See kernels/attention.h
-// for the parameters. Test: tests/test_cuda_kernels.cpp (AttentionCuda.*).
+// block per (token, kv head) merges the splits. Same math as attention() in
+// kernels/attention.cpp: scores q.k * 1/sqrt(hd) in fp32, softmax in fp32, fp32 accumulation
+// of p.v; output fp16. See kernels/attention.h for the parameters. Test: tests/test_cuda_kernels.cpp (AttentionCuda.*).
 //
 // K/V tiles are converted fp16 -> fp32 into shared memory; a row pitch of head_dim + 1
 // floats keeps the column-wise reads of the score loops free of bank conflicts. Keys past
@@ -374,7 +374,8 @@ __global__ void __launch_bounds__(kThreads)
 // reductions over the first two warps. Empty splits have m = -inf, l = 0, o = 0 and weigh
 // nothing; split 0 is never empty. Partials are read through L2 (__ldcg): other blocks
 // wrote them. Called by all kThreads threads of the block.
-__device__ void combine_head(const AttentionCudaParams& p, int n_splits, const float* scratch, int t, int h) {
+__device__ void combine_head(const AttentionCudaParams& p, int n_splits, const float* scratch,
+                             int t, int h) {
   __shared__ float w[kMaxDecodeSplits];
   __shared__ float red_m[2], red_l[2];
   const int hd = p.head_dim;
@@ -687,7 +688,8 @@ void attention_decode_cuda(const AttentionCudaParams& p, int n_splits, float* sc
   else if (acc <= 2) launch_decode<2>(p, n_splits, scratch, counters, stream);
   else if (acc <= 4) launch_decode<4>(p, n_splits, scratch, counters, stream);
   else if (acc <= 8) launch_decode<8>(p, n_splits, scratch, counters, stream);
-  else if (acc <= kDecodeMaxAcc) launch_decode<kDecodeMaxAcc>(p, n_splits, scratch, counters, stream);
+  else if (acc <= kDecodeMaxAcc)
+    launch_decode<kDecodeMaxAcc>(p, n_splits, scratch, counters, stream);
   else
     throw std::invalid_argument("attention_decode_cuda: (n_heads / n_kv_heads) * head_dim = " +
                                 std::to_string(gsize) + " exceeds 2048");

@@ -31,7 +31,8 @@ __device__ __forceinline__ uint32_t lane_u32(const uint8_t* p) {
 }
 
 template <int BITS>
-__global__ void __launch_bounds__(kThreads) lut_dequant_kernel(const PackedMatrix w, uint16_t* out) {
+__global__ void __launch_bounds__(kThreads)
+    lut_dequant_kernel(const PackedMatrix w, uint16_t* out) {
   __shared__ uint16_t lut[1 << BITS];
   const int row = blockIdx.x;
   if (threadIdx.x < (1 << BITS)) lut[threadIdx.x] = w.lut[(int64_t(row) << BITS) + threadIdx.x];
@@ -54,7 +55,8 @@ __global__ void __launch_bounds__(kThreads) lut_dequant_kernel(const PackedMatri
       for (int l = 0; l < 2; l++) {
         uint32_t v = lane_u32(lane + 4 * l);
 #pragma unroll
-        for (int k = 0; k < 4; k++, v >>= 8) h[4 * l + k] = lut[v & 15] | uint32_t(lut[(v >> 4) & 15]) << 16;
+        for (int k = 0; k < 4; k++, v >>= 8)
+          h[4 * l + k] = lut[v & 15] | uint32_t(lut[(v >> 4) & 15]) << 16;
       }
     } else {
       // low bits: word within / 4, lane within % 4; high bits (3-bit): bits 16 (within % 2)..+15
@@ -71,7 +73,8 @@ __global__ void __launch_bounds__(kThreads) lut_dequant_kernel(const PackedMatri
       dst[0] = make_uint4(h[0], h[1], h[2], h[3]);
       dst[1] = make_uint4(h[4], h[5], h[6], h[7]);
     } else {
-      for (int k = 0; k < 16 && c0 + k < w.cols; k++) o[c0 + k] = uint16_t(h[k / 2] >> (16 * (k % 2)));
+      for (int k = 0; k < 16 && c0 + k < w.cols; k++)
+        o[c0 + k] = uint16_t(h[k / 2] >> (16 * (k % 2)));
     }
   }
 
@@ -81,7 +84,8 @@ __global__ void __launch_bounds__(kThreads) lut_dequant_kernel(const PackedMatri
   __syncthreads();  // the block's dense stores are visible to all its threads
   for (int32_t k = e0 + threadIdx.x; k < e1; k += kThreads) {
     const int c = w.col_idx[k];
-    const float v = __half2float(__ushort_as_half(o[c])) + __half2float(__ushort_as_half(w.values[k]));
+    const float v =
+        __half2float(__ushort_as_half(o[c])) + __half2float(__ushort_as_half(w.values[k]));
     o[c] = __half_as_ushort(__float2half_rn(v));
   }
 }
@@ -90,19 +94,22 @@ __global__ void __launch_bounds__(kThreads) lut_dequant_kernel(const PackedMatri
 
 void lut_dequant_cuda(const PackedMatrix& w, uint16_t* out, cudaStream_t stream) {
   if (w.bits < 2 || w.bits > 4)
-    throw std::invalid_argument("lut_dequant_cuda: bits must be 2, 3 or 4, got " + std::to_string(w.bits));
+    throw std::invalid_argument("lut_dequant_cuda: bits must be 2, 3 or 4, got " +
+                                std::to_string(w.bits));
   if (w.rows < 0 || w.cols <= 0)
-    throw std::invalid_argument("lut_dequant_cuda: bad shape rows " + std::to_string(w.rows) + " cols " +
-                                std::to_string(w.cols));
+    throw std::invalid_argument("lut_dequant_cuda: bad shape rows " + std::to_string(w.rows) +
+                                " cols " + std::to_string(w.cols));
   if (w.row_bytes != packed_row_bytes(w.cols, w.bits))
-    throw std::invalid_argument("lut_dequant_cuda: row_bytes " + std::to_string(w.row_bytes) + ", expected " +
-                                std::to_string(packed_row_bytes(w.cols, w.bits)));
+    throw std::invalid_argument("lut_dequant_cuda: row_bytes " + std::to_string(w.row_bytes) +
+                                ", expected " + std::to_string(packed_row_bytes(w.cols, w.bits)));
   if (reinterpret_cast<uintptr_t>(w.indices) % 4 != 0)
     throw std::invalid_argument("lut_dequant_cuda: indices must be 4-byte aligned");
   if (w.nnz > 0 && (!w.row_ptr || !w.col_idx || !w.values))
     throw std::invalid_argument("lut_dequant_cuda: nnz > 0 without CSR arrays");
   if (w.rows == 0) return;
-  auto kernel = w.bits == 2 ? lut_dequant_kernel<2> : w.bits == 3 ? lut_dequant_kernel<3> : lut_dequant_kernel<4>;
+  auto kernel = w.bits == 2   ? lut_dequant_kernel<2>
+                : w.bits == 3 ? lut_dequant_kernel<3>
+                              : lut_dequant_kernel<4>;
   launch_pdl(kernel, dim3(w.rows), dim3(kThreads), 0, stream, w, out);
 }
 
