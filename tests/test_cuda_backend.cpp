@@ -21,6 +21,7 @@
 #include "kernels/packed_layout.h"
 #include "model/dtype.h"
 #include "tests/cuda_test_util.h"
+#include "tests/generate_test_util.h"
 #include "tests/test_util.h"
 
 namespace sqz {
@@ -87,21 +88,6 @@ std::string open_case(const ModelCase& c, int n_seqs, Setup* s) {
     }                                                                              \
   } while (0)
 
-std::vector<int> greedy(Backend& be, int vocab, const std::vector<int>& prompt, int n) {
-  SamplerOptions so;
-  so.temp = 0;
-  Sampler s(so, vocab);
-  SeqState seq;
-  GenerateOptions go;
-  go.n_predict = n;
-  std::vector<int> out;
-  generate(be, {&seq}, {prompt}, {&s}, go, [&](int, int t) {
-    out.push_back(t);
-    return true;
-  });
-  return out;
-}
-
 float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   float m = 0;
   for (size_t i = 0; i < a.size(); i++) {
@@ -148,8 +134,8 @@ void check_greedy(const ModelCase& c, const std::vector<int>& expected = {}) {
   SQZ_OPEN_CASE(s, c);
   auto gpu = s.gpu(c.ctx);
   std::vector<int> ids = s.encode(c.prompt);
-  std::vector<int> want = greedy(s.cpu->backend(), s.vocab(), ids, c.n_greedy);
-  std::vector<int> got = greedy(*gpu, s.vocab(), ids, c.n_greedy);
+  std::vector<int> want = test::greedy(s.cpu->backend(), s.vocab(), ids, c.n_greedy);
+  std::vector<int> got = test::greedy(*gpu, s.vocab(), ids, c.n_greedy);
   EXPECT_EQ(got, want);
   if (!expected.empty()) {
     EXPECT_EQ(got, expected);
@@ -185,7 +171,7 @@ void check_batch_equals_single(const ModelCase& c) {
   std::vector<std::vector<int>> ids, alone;
   for (auto& p : c.batch_prompts) {
     ids.push_back(s.encode(p));
-    alone.push_back(greedy(*single, s.vocab(), ids.back(), n_tok));
+    alone.push_back(test::greedy(*single, s.vocab(), ids.back(), n_tok));
   }
   SamplerOptions so;
   so.temp = 0;

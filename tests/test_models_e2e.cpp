@@ -10,24 +10,14 @@
 #include "engine/generate.h"
 #include "engine/perplexity.h"
 #include "model/errors.h"
+#include "tests/generate_test_util.h"
 #include "tests/test_util.h"
 
 namespace sqz {
 namespace {
 
 std::vector<int> greedy(Engine& e, const std::vector<int>& prompt, int n) {
-  SamplerOptions so;
-  so.temp = 0;
-  Sampler s(so, e.config().vocab_size);
-  SeqState seq;
-  GenerateOptions go;
-  go.n_predict = n;
-  std::vector<int> out;
-  generate(e.backend(), {&seq}, {prompt}, {&s}, go, [&](int, int t) {
-    out.push_back(t);
-    return true;
-  });
-  return out;
+  return test::greedy(e.backend(), e.config().vocab_size, prompt, n);
 }
 
 // llama2.c run.c with steps = 64 prints 64 tokens after BOS: the prompt's, then generated.

@@ -14,6 +14,7 @@
 #include "model/errors.h"
 #include "model/packed.h"
 #include "quantize/pipeline.h"
+#include "tests/generate_test_util.h"
 #include "tests/test_util.h"
 
 namespace sqz {
@@ -21,18 +22,7 @@ namespace {
 
 std::vector<int> greedy(Backend& be, const Tokenizer& tok, const std::string& prompt, int n,
                         int vocab) {
-  SamplerOptions so;
-  so.temp = 0;
-  Sampler s(so, vocab);
-  SeqState seq;
-  GenerateOptions go;
-  go.n_predict = n;
-  std::vector<int> out;
-  generate(be, {&seq}, {tok.encode(prompt, true)}, {&s}, go, [&](int, int t) {
-    out.push_back(t);
-    return true;
-  });
-  return out;
+  return test::greedy(be, vocab, tok.encode(prompt, true), n);
 }
 
 QuantizeOptions stories_options(const std::string& dir, int bits) {
