@@ -6,17 +6,21 @@
 //
 // One layer, n tokens (shapes per token; M = max_batch sizes every buffer):
 //   x      [n, dim] fp32      residual stream (embedding_cuda)
-//   xn     [n, dim] fp16      rmsnorm_cuda(x (+= proj), attn_norm)
+//   xn     [n, dim] fp16      rmsnorm_cuda(x, attn_norm)
 //   qkv    [n, q_dim + 2 kv_dim] fp32   fused q|k|v linear
 //          rope_cuda: rotates q, k in place; appends k, v (fp16) to the cache at (seq, pos)
 //   att    [n, q_dim] fp16    attention_prefill_cuda / attention_decode_cuda
-//   proj   [n, dim] fp32      o linear (added to x by the next rmsnorm)
-//   xn     [n, dim] fp16      rmsnorm_cuda(x += proj, ffn_norm)
-//   gu     [n, 2 hidden] fp32 fused gate|up linear
+//   x     += o linear         (cuBLAS beta = 1, or the GEMV's accumulate epilogue)
+//   xn     [n, dim] fp16      rmsnorm_cuda(x, ffn_norm)
+//   gu     [n, 2 hidden] fp32 fused gate|up linear, rows interleaved in blocks of 8 gate +
+//                             8 up when hidden % 8 == 0 (else all gate then all up)
 //   hb     [n, hidden] fp16   swiglu_cuda
-//   proj   [n, dim] fp32      down linear
-// then the final norm of the rows that want logits (x + proj, gathered), the classifier into
-// logits [n_out, vocab] fp32 and, for forward_topk, topk_cuda.
+//   x     += down linear
+// then the final norm of the rows that want logits (gathered), the classifier into logits
+// [n_out, vocab] fp32 and, for forward_topk, topk_cuda.
+// Decode (n <= 16 tokens) with a linear that is one packed matrix fuses the op after it into
+// the GEMV's epilogue (LutGemmFusion): SwiGLU into the gate|up GEMV (which then writes hb,
+// not gu) and the residual adds into the o and down GEMVs. Same results (kernels/lut_gemv.h).
 //
 // Linears: dense weights (F32/F16/BF16 on disk) are fp16 on the device and run through
 // cublasGemmEx (fp16 A/B, fp32 compute and output); packed weights run through
@@ -39,9 +43,9 @@
 #include <vector>
 
 #include "engine/backend.h"
+#include "engine/device_arena.h"
 #include "engine/engine.h"
 #include "kernels/attention.h"
-#include "engine/device_arena.h"
 #include "kernels/cublas_check.h"
 #include "kernels/cuda_common.h"
 #include "kernels/embedding.h"
@@ -54,7 +58,6 @@
 #include "kernels/topk.h"
 #include "model/dtype.h"
 #include "model/errors.h"
-
 
 namespace sqz {
 
@@ -69,12 +72,12 @@ bool cuda_available() {
 
 namespace {
 
-constexpr int kMaxGraphBatch = 16;                // decode steps up to this size are graphed
+constexpr int kMaxGraphBatch = 16;  // decode steps up to this size are graphed
+constexpr int kSwigluBlock = 8;     // gate/up interleave: 8 gate + 8 up rows = one GEMV tile
 constexpr size_t kCublasWorkspaceBytes = 32u << 20;  // cuBLAS' recommendation for Hopper
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 static_assert(sizeof(AttentionTile) == 4 * sizeof(int), "tiles travel in the int input buffer");
-
 
 // Rows [row0, row0 + rows) of a linear's output, computed by one matrix on the device: one
 // or several of the model's linears fused (their rows concatenated).
@@ -90,7 +93,20 @@ struct DevicePart {
 struct DeviceLinear {
   int rows = 0, cols = 0;
   std::vector<DevicePart> parts;
+  // > 0: one part of two sources of equal rows (gate, up) whose rows are stored interleaved
+  // in blocks of `interleave` rows of the first then of the second (swiglu_cuda's `block`).
+  int interleave = 0;
   bool fused() const { return parts.size() == 1; }
+  // The source and its row stored at row d of part p.
+  std::pair<int, int> source_row(const DevicePart& p, int d) const {
+    if (interleave > 0) {
+      const int b = d / (2 * interleave), j = d % (2 * interleave);
+      return {j / interleave, b * interleave + j % interleave};
+    }
+    int s = 0;
+    while (d >= p.src[s]->rows) d -= p.src[s++]->rows;
+    return {s, d};
+  }
 };
 
 struct DeviceLayer {
@@ -104,11 +120,11 @@ struct DeviceLayer {
 
 // One forward call's shape: everything the enqueued work depends on besides device data.
 struct StepShape {
-  int n = 0;         // tokens
-  int n_out = 0;     // rows that want logits
-  int n_tiles = 0;   // attention tiles (prefill path)
+  int n = 0;        // tokens
+  int n_out = 0;    // rows that want logits
+  int n_tiles = 0;  // attention tiles (prefill path)
   bool decode = false;
-  int k = 0;         // top-k (0: logits)
+  int k = 0;  // top-k (0: logits)
 };
 
 // Owns every CUDA resource; its destructor runs also when the backend's constructor throws
@@ -117,8 +133,8 @@ struct CudaResources {
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
   char* pool = nullptr;
-  int* host_in = nullptr;       // pinned
-  char* host_out = nullptr;     // pinned
+  int* host_in = nullptr;                                 // pinned
+  char* host_out = nullptr;                               // pinned
   std::map<std::pair<int, int>, cudaGraphExec_t> graphs;  // (n, k) -> decode step
   ~CudaResources() {
     if (stream) cudaStreamSynchronize(stream);
@@ -133,25 +149,23 @@ struct CudaResources {
 };
 
 // n elements of an F32/F16/BF16 array (possibly unaligned, as in a mapped file) to fp16.
-void to_f16(DType t, const void* src, uint16_t* dst, size_t n, ThreadPool& pool) {
+void to_f16_serial(DType t, const void* src, uint16_t* dst, size_t n) {
   const uint8_t* s = static_cast<const uint8_t*>(src);
   if (t == DType::F16) {
     std::memcpy(dst, s, n * 2);
     return;
   }
-  pool.parallel_for(int64_t(n), [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; i++) {
-      if (t == DType::F32) {
-        float f;
-        std::memcpy(&f, s + 4 * i, 4);
-        dst[i] = f32_to_f16(f);
-      } else {
-        uint16_t h;
-        std::memcpy(&h, s + 2 * i, 2);
-        dst[i] = f32_to_f16(bf16_to_f32(h));
-      }
+  for (size_t i = 0; i < n; i++) {
+    if (t == DType::F32) {
+      float f;
+      std::memcpy(&f, s + 4 * i, 4);
+      dst[i] = f32_to_f16(f);
+    } else {
+      uint16_t h;
+      std::memcpy(&h, s + 2 * i, 2);
+      dst[i] = f32_to_f16(bf16_to_f32(h));
     }
-  }, 1 << 16);
+  }
 }
 
 // Groups the given linears (same cols, outputs concatenated in this order) into parts:
@@ -169,8 +183,8 @@ DeviceLinear plan_linear(const std::vector<const LinearWeight*>& srcs) {
     bool merge = last && last->packed == packed;
     if (merge && packed) {
       const LinearWeight* f = last->src[0];
-      merge = f->bits == w->bits && f->row_bytes == w->row_bytes &&
-              last->pm.nnz + w->nnz <= INT32_MAX;
+      merge =
+          f->bits == w->bits && f->row_bytes == w->row_bytes && last->pm.nnz + w->nnz <= INT32_MAX;
     }
     if (!merge) {
       DevicePart p;
@@ -193,8 +207,7 @@ class CudaBackend : public Backend {
       : m_(m), c_(m.config), ctx_(o.ctx_size), n_seqs_(o.n_seqs), max_batch_(o.max_batch) {
     if (ctx_ <= 0 || n_seqs_ <= 0 || max_batch_ <= 0)
       throw std::invalid_argument("cuda backend: ctx_size, n_seqs and max_batch must be > 0");
-    if (max_batch_ > 65535)
-      throw std::invalid_argument("cuda backend: max_batch must be <= 65535");
+    if (max_batch_ > 65535) throw std::invalid_argument("cuda backend: max_batch must be <= 65535");
     check_config();
     const char* no_graphs = std::getenv("SQZ_NO_CUDA_GRAPHS");
     graphs_enabled_ = !(no_graphs && *no_graphs && std::string(no_graphs) != "0");
@@ -290,9 +303,7 @@ class CudaBackend : public Backend {
   int64_t seq_stride() const { return int64_t(ctx_) * c_.kv_dim(); }
   size_t in_ints() const { return size_t(max_batch_) * 8; }  // tokens pos seq rows | tiles
   size_t attn_counter_ints() const { return size_t(max_batch_) * c_.n_kv_heads; }
-  int decode_splits(int n) const {
-    return attention_decode_splits(n, c_.n_kv_heads, ctx_, n_sms_);
-  }
+  int decode_splits(int n) const { return attention_decode_splits(n, c_.n_kv_heads, ctx_, n_sms_); }
 
   // ---- weights: plan, layout, upload ----------------------------------------------------
   void plan_weights() {
@@ -302,6 +313,9 @@ class CudaBackend : public Backend {
       d.qkv = plan_linear({&w.wq, &w.wk, &w.wv});
       d.wo = plan_linear({&w.wo});
       d.gate_up = plan_linear({&w.w_gate, &w.w_up});
+      // The fused decode GEMV computes SwiGLU from rows 8 apart: interleave gate and up.
+      if (d.gate_up.fused() && c_.hidden_dim % kSwigluBlock == 0)
+        d.gate_up.interleave = kSwigluBlock;
       d.down = plan_linear({&w.w_down});
       if (d.qkv.rows != qkv_rows() || d.gate_up.rows != 2 * c_.hidden_dim)
         throw format_error(m_.path + ": q/k/v or gate/up shapes disagree with the config");
@@ -370,7 +384,6 @@ class CudaBackend : public Backend {
     xn_ = a.take<uint16_t>(M * c_.dim);
     qkv_ = a.take<float>(M * qkv_rows());
     att_ = a.take<uint16_t>(M * c_.q_dim());
-    proj_ = a.take<float>(M * c_.dim);
     gu_ = a.take<float>(M * 2 * c_.hidden_dim);
     hb_ = a.take<uint16_t>(M * c_.hidden_dim);
     logits_ = a.take<float>(M * c_.vocab_size);
@@ -397,57 +410,63 @@ class CudaBackend : public Backend {
     for (const DevicePart& p : L.parts) {
       if (p.borrowed) continue;
       if (!p.packed) {
-        // Converted to fp16 in chunks of rows through a host staging buffer.
-        const size_t chunk_elems = size_t(1) << 24;
+        // Converted to fp16 in chunks of rows (in stored order) through a host buffer.
+        for (const LinearWeight* w : p.src) mat_type(w->dtype, w->name);
+        const size_t cols = size_t(L.cols);
+        const int chunk_rows = int(std::max<size_t>(1, (size_t(1) << 24) / cols));
         std::vector<uint16_t> buf;
-        uint16_t* dst = p.w;
-        for (const LinearWeight* w : p.src) {
-          const DType t = w->dtype;
-          mat_type(t, w->name);
-          const size_t esz = dtype_size(t), n = size_t(w->rows) * w->cols;
-          const uint8_t* src = static_cast<const uint8_t*>(w->data);
-          for (size_t off = 0; off < n; off += chunk_elems) {
-            const size_t m = std::min(chunk_elems, n - off);
-            buf.resize(m);
-            to_f16(t, src + off * esz, buf.data(), m, pool);
-            CUDA_CHECK(cudaMemcpy(dst + off, buf.data(), m * 2, cudaMemcpyHostToDevice));
-          }
-          dst += n;
+        for (int d0 = 0; d0 < p.rows; d0 += chunk_rows) {
+          const int m = std::min(chunk_rows, p.rows - d0);
+          buf.resize(size_t(m) * cols);
+          pool.parallel_for(
+              m,
+              [&](int64_t b, int64_t e) {
+                for (int64_t i = b; i < e; i++) {
+                  const auto [s, r] = L.source_row(p, d0 + int(i));
+                  const LinearWeight* w = p.src[s];
+                  const size_t esz = dtype_size(w->dtype);
+                  to_f16_serial(w->dtype, static_cast<const uint8_t*>(w->data) + r * cols * esz,
+                                buf.data() + i * cols, cols);
+                }
+              },
+              1);
+          CUDA_CHECK(cudaMemcpy(p.w + size_t(d0) * cols, buf.data(), buf.size() * 2,
+                                cudaMemcpyHostToDevice));
         }
         continue;
       }
-      // Packed: index rows, LUT rows, outliers concatenated; row pointers shifted.
-      const int64_t rb = p.pm.row_bytes;
-      const int n_lut = 1 << p.pm.bits;
-      uint8_t* idx = const_cast<uint8_t*>(p.pm.indices);
-      uint16_t* lut = const_cast<uint16_t*>(p.pm.lut);
-      int32_t* col = const_cast<int32_t*>(p.pm.col_idx);
-      uint16_t* val = const_cast<uint16_t*>(p.pm.values);
-      std::vector<int32_t> row_ptr(size_t(p.rows) + 1);
-      size_t r0 = 0;
-      int64_t nnz0 = 0;
-      for (const LinearWeight* w : p.src) {
-        CUDA_CHECK(cudaMemcpy(idx + r0 * rb, w->indices, size_t(w->rows) * rb,
-                              cudaMemcpyHostToDevice));
-        CUDA_CHECK(cudaMemcpy(lut + r0 * n_lut, w->lut, size_t(w->rows) * n_lut * 2,
-                              cudaMemcpyHostToDevice));
-        for (int r = 0; r < w->rows; r++) {
-          int32_t v;
-          std::memcpy(&v, w->row_ptr + r, 4);
-          row_ptr[r0 + r] = int32_t(v + nnz0);
+      // Packed: index rows, LUT rows and each row's outliers gathered in stored order
+      // (sources concatenated, or interleaved), row pointers rebuilt.
+      const size_t rb = size_t(p.pm.row_bytes), n_lut = size_t(1) << p.pm.bits;
+      std::vector<uint8_t> idx(size_t(p.rows) * rb);
+      std::vector<uint16_t> lut(size_t(p.rows) * n_lut), val(size_t(p.pm.nnz));
+      std::vector<int32_t> row_ptr(size_t(p.rows) + 1), col(size_t(p.pm.nnz));
+      int64_t nnz = 0;
+      for (int d = 0; d < p.rows; d++) {
+        const auto [s, r] = L.source_row(p, d);
+        const LinearWeight* w = p.src[s];
+        std::memcpy(&idx[d * rb], w->indices + r * rb, rb);
+        std::memcpy(&lut[d * n_lut], w->lut + r * n_lut, n_lut * 2);
+        int32_t k0, k1;  // the file's arrays may be unaligned
+        std::memcpy(&k0, w->row_ptr + r, 4);
+        std::memcpy(&k1, w->row_ptr + r + 1, 4);
+        row_ptr[d] = int32_t(nnz);
+        if (k1 > k0) {
+          std::memcpy(&col[nnz], w->col_idx + k0, size_t(k1 - k0) * 4);
+          std::memcpy(&val[nnz], w->values + k0, size_t(k1 - k0) * 2);
         }
-        if (w->nnz > 0) {
-          CUDA_CHECK(cudaMemcpy(col + nnz0, w->col_idx, size_t(w->nnz) * 4,
-                                cudaMemcpyHostToDevice));
-          CUDA_CHECK(cudaMemcpy(val + nnz0, w->values, size_t(w->nnz) * 2,
-                                cudaMemcpyHostToDevice));
-        }
-        r0 += w->rows;
-        nnz0 += w->nnz;
+        nnz += k1 - k0;
       }
-      row_ptr[p.rows] = int32_t(nnz0);
-      CUDA_CHECK(cudaMemcpy(const_cast<int32_t*>(p.pm.row_ptr), row_ptr.data(),
-                            row_ptr.size() * 4, cudaMemcpyHostToDevice));
+      row_ptr[p.rows] = int32_t(nnz);
+      auto up = [](const void* dst, const void* src, size_t bytes) {
+        if (bytes)
+          CUDA_CHECK(cudaMemcpy(const_cast<void*>(dst), src, bytes, cudaMemcpyHostToDevice));
+      };
+      up(p.pm.indices, idx.data(), idx.size());
+      up(p.pm.lut, lut.data(), lut.size() * 2);
+      up(p.pm.row_ptr, row_ptr.data(), row_ptr.size() * 4);
+      up(p.pm.col_idx, col.data(), size_t(nnz) * 4);
+      up(p.pm.values, val.data(), size_t(nnz) * 2);
     }
   }
 
@@ -478,8 +497,8 @@ class CudaBackend : public Backend {
       h[t] = b.tokens[t], h[n + t] = b.pos[t], h[2 * n + t] = b.seq[t];
       if (b.want_logits[t]) h[3 * n + s.n_out++] = t;
     }
-    s.n_tiles = attention_make_tiles(h + 2 * n, h + n, n,
-                                     reinterpret_cast<AttentionTile*>(h + 4 * n));
+    s.n_tiles =
+        attention_make_tiles(h + 2 * n, h + n, n, reinterpret_cast<AttentionTile*>(h + 4 * n));
     s.decode = s.n_tiles == n;  // every token alone in its tile: one query per sequence
     const size_t in_bytes = size_t(4 * n + 4 * s.n_tiles) * sizeof(int);
     CUDA_CHECK(cudaMemcpyAsync(in_dev_, h, in_bytes, cudaMemcpyHostToDevice, r_.stream));
@@ -496,8 +515,7 @@ class CudaBackend : public Backend {
     if (k == 0) {
       const size_t bytes = size_t(s.n_out) * c_.vocab_size * sizeof(float);
       if (bytes <= host_out_bytes_) {
-        CUDA_CHECK(cudaMemcpyAsync(r_.host_out, logits_, bytes, cudaMemcpyDeviceToHost,
-                                   r_.stream));
+        CUDA_CHECK(cudaMemcpyAsync(r_.host_out, logits_, bytes, cudaMemcpyDeviceToHost, r_.stream));
         CUDA_CHECK(cudaStreamSynchronize(r_.stream));
         std::memcpy(logits, r_.host_out, bytes);
       } else {  // large (prefill / perplexity) results go straight to the caller's memory
@@ -506,8 +524,7 @@ class CudaBackend : public Backend {
       }
     } else {
       const size_t n_res = size_t(s.n_out) * k;
-      CUDA_CHECK(cudaMemcpyAsync(r_.host_out, topk_, n_res * 8, cudaMemcpyDeviceToHost,
-                                 r_.stream));
+      CUDA_CHECK(cudaMemcpyAsync(r_.host_out, topk_, n_res * 8, cudaMemcpyDeviceToHost, r_.stream));
       CUDA_CHECK(cudaStreamSynchronize(r_.stream));
       std::memcpy(ids, r_.host_out, n_res * sizeof(int));
       std::memcpy(vals, r_.host_out + n_res * sizeof(int), n_res * sizeof(float));
@@ -541,22 +558,31 @@ class CudaBackend : public Backend {
     CUDA_CHECK(cudaGraphLaunch(it->second, r_.stream));
   }
 
-  // y [n, L.rows] fp32 = x [n, L.cols] fp16 . W^T, part by part.
-  void linear(const DeviceLinear& L, const uint16_t* x, int n, float* y) {
+  // Whether the decode GEMV of L can take the fused ops (LutGemmFusion): L is one packed
+  // matrix and n tokens go through the GEMV (not the prefill dequantize + cuBLAS path).
+  bool gemv_fusable(const DeviceLinear& L, int n) const {
+    return L.fused() && L.parts[0].packed && n <= kLutGemvMaxTokens &&
+           !(n >= kLutDequantMinTokens && w16_);
+  }
+
+  // y [n, L.rows] fp32 = x [n, L.cols] fp16 . W^T (accumulate: y +=), part by part.
+  void linear(const DeviceLinear& L, const uint16_t* x, int n, float* y, bool accumulate = false) {
     for (const DevicePart& p : L.parts) {
       if (!p.packed) {
-        dense_part(L, p, p.w, x, n, y);
+        dense_part(L, p, p.w, x, n, y, accumulate);
       } else if (n >= kLutDequantMinTokens && w16_) {
         // Prefill: dense fp16 copy of the part, then the same cuBLAS call as a dense part.
         lut_dequant_cuda(p.pm, w16_, r_.stream);
-        dense_part(L, p, w16_, x, n, y);
+        dense_part(L, p, w16_, x, n, y, accumulate);
       } else if (p.rows == L.rows) {
-        lut_gemm_cuda(p.pm, x, n, y, r_.stream);
+        LutGemmFusion f;
+        f.accumulate = accumulate;
+        lut_gemm_cuda(p.pm, x, n, y, r_.stream, f);
       } else {
+        if (accumulate) throw std::logic_error("cuda backend: accumulate into a split linear");
         lut_gemm_cuda(p.pm, x, n, part_tmp_, r_.stream);
-        CUDA_CHECK(cudaMemcpy2DAsync(y + p.row0, size_t(L.rows) * 4, part_tmp_,
-                                     size_t(p.rows) * 4, size_t(p.rows) * 4, n,
-                                     cudaMemcpyDeviceToDevice, r_.stream));
+        CUDA_CHECK(cudaMemcpy2DAsync(y + p.row0, size_t(L.rows) * 4, part_tmp_, size_t(p.rows) * 4,
+                                     size_t(p.rows) * 4, n, cudaMemcpyDeviceToDevice, r_.stream));
       }
     }
   }
@@ -565,10 +591,10 @@ class CudaBackend : public Backend {
   // row-major W is column-major W^T with ld = cols; y^T = W x^T is the column-major
   // [rows, n] matrix with ld = L.rows (the fused row width).
   void dense_part(const DeviceLinear& L, const DevicePart& p, const uint16_t* w, const uint16_t* x,
-                  int n, float* y) {
-    const float one = 1.0f, zero = 0.0f;
+                  int n, float* y, bool accumulate) {
+    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     CUBLAS_CHECK(cublasGemmEx(r_.cublas, CUBLAS_OP_T, CUBLAS_OP_N, p.rows, n, L.cols, &one, w,
-                              CUDA_R_16F, L.cols, x, CUDA_R_16F, L.cols, &zero, y + p.row0,
+                              CUDA_R_16F, L.cols, x, CUDA_R_16F, L.cols, &beta, y + p.row0,
                               CUDA_R_32F, L.rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 
@@ -583,14 +609,28 @@ class CudaBackend : public Backend {
     const size_t layer_elems = size_t(n_seqs_) * ctx_ * c_.kv_dim();
 
     embedding_cuda(emb_, emb_type_, dim, tokens, n, x_, st);
-    RmsNormCudaParams rn;
-    rn.x = x_, rn.out = xn_, rn.n_rows = n, rn.dim = dim, rn.eps = c_.norm_eps;
+    // rmsnorm(x) -> linear L into y, or, with swiglu_out, -> SwiGLU into swiglu_out: in the
+    // GEMV's epilogue when L allows it, else through y and swiglu_cuda.
+    auto norm_linear = [&](const float* norm_w, const DeviceLinear& L, float* y,
+                           uint16_t* swiglu_out) {
+      RmsNormCudaParams rn;
+      rn.x = x_, rn.weight = norm_w, rn.out = xn_, rn.n_rows = n, rn.dim = dim;
+      rn.eps = c_.norm_eps;
+      rmsnorm_cuda(rn, st);
+      if (swiglu_out && L.interleave == kSwigluBlock && gemv_fusable(L, n)) {
+        LutGemmFusion f;
+        f.swiglu_out = swiglu_out;
+        lut_gemm_cuda(L.parts[0].pm, xn_, n, y, st, f);
+        return;
+      }
+      linear(L, xn_, n, y);
+      if (swiglu_out)
+        swiglu_cuda(y, n, c_.hidden_dim, L.interleave ? L.interleave : c_.hidden_dim, swiglu_out,
+                    st);
+    };
     for (int l = 0; l < c_.n_layers; l++) {
       const DeviceLayer& L = layers_[l];
-      rn.residual = l ? proj_ : nullptr;  // the previous layer's down projection
-      rn.weight = L.attn_norm;
-      rmsnorm_cuda(rn, st);
-      linear(L.qkv, xn_, n, qkv_);
+      norm_linear(L.attn_norm, L.qkv, qkv_, nullptr);
 
       RopeCudaParams rp;
       rp.qkv = qkv_, rp.n_tokens = n, rp.stride = qkv_rows();
@@ -609,19 +649,15 @@ class CudaBackend : public Backend {
         attention_decode_cuda(ap, decode_splits(n), attn_scratch_, attn_counters_, st);
       else
         attention_prefill_cuda(ap, tiles, s.n_tiles, st);
-      linear(L.wo, att_, n, proj_);
+      linear(L.wo, att_, n, x_, /*accumulate=*/true);  // x += o projection
 
-      rn.residual = proj_;  // x += o projection
-      rn.weight = L.ffn_norm;
-      rmsnorm_cuda(rn, st);
-      linear(L.gate_up, xn_, n, gu_);
-      swiglu_cuda(gu_, n, c_.hidden_dim, hb_, st);
-      linear(L.down, hb_, n, proj_);
+      norm_linear(L.ffn_norm, L.gate_up, gu_, hb_);
+      linear(L.down, hb_, n, x_, /*accumulate=*/true);  // x += down projection
     }
     if (s.n_out == 0) return;
     // Final norm of the rows that want logits (x + the last down projection, gathered).
     RmsNormCudaParams fn;
-    fn.x = x_, fn.residual = c_.n_layers ? proj_ : nullptr, fn.weight = final_norm_;
+    fn.x = x_, fn.weight = final_norm_;
     fn.out = xn_, fn.row_index = out_rows, fn.n_rows = s.n_out, fn.dim = dim;
     fn.eps = c_.norm_eps;
     rmsnorm_cuda(fn, st);
@@ -647,8 +683,8 @@ class CudaBackend : public Backend {
   float* final_norm_ = nullptr;
   std::vector<DeviceLayer> layers_;
   DeviceLinear classifier_;
-  int max_unfused_rows_ = 0;      // widest packed part of a linear that could not be fused
-  size_t max_packed_elems_ = 0;   // rows x cols of the largest packed part
+  int max_unfused_rows_ = 0;     // widest packed part of a linear that could not be fused
+  size_t max_packed_elems_ = 0;  // rows x cols of the largest packed part
   bool has_packed_ = false;
 
   // KV cache (device): fp16 [n_layers][n_seqs][ctx][kv_dim], K and V.
@@ -656,20 +692,19 @@ class CudaBackend : public Backend {
   uint16_t* v_cache_ = nullptr;
 
   // Scratch (device), sized for max_batch tokens M.
-  int* in_dev_ = nullptr;        // [8 M] the packed inputs (see run)
-  float* x_ = nullptr;           // [M, dim]
-  uint16_t* xn_ = nullptr;       // [M, dim] fp16
-  float* qkv_ = nullptr;         // [M, q_dim + 2 kv_dim]
-  uint16_t* att_ = nullptr;      // [M, q_dim] fp16
-  float* proj_ = nullptr;        // [M, dim]
-  float* gu_ = nullptr;          // [M, 2 hidden_dim]
-  uint16_t* hb_ = nullptr;       // [M, hidden_dim] fp16
-  float* logits_ = nullptr;      // [M, vocab]
-  int* topk_ = nullptr;          // [M * kTopKMax] ids then [M * kTopKMax] values
+  int* in_dev_ = nullptr;          // [8 M] the packed inputs (see run)
+  float* x_ = nullptr;             // [M, dim]
+  uint16_t* xn_ = nullptr;         // [M, dim] fp16
+  float* qkv_ = nullptr;           // [M, q_dim + 2 kv_dim]
+  uint16_t* att_ = nullptr;        // [M, q_dim] fp16
+  float* gu_ = nullptr;            // [M, 2 hidden_dim]
+  uint16_t* hb_ = nullptr;         // [M, hidden_dim] fp16
+  float* logits_ = nullptr;        // [M, vocab]
+  int* topk_ = nullptr;            // [M * kTopKMax] ids then [M * kTopKMax] values
   float* attn_scratch_ = nullptr;  // decode split partials
   int* attn_counters_ = nullptr;   // [M, n_kv_heads] decode splits finished (kept at zero)
-  float* part_tmp_ = nullptr;    // [M, max_unfused_rows] output of an unfused packed part
-  uint16_t* w16_ = nullptr;      // [max_packed_elems] fp16 dequantized part (prefill), or null
+  float* part_tmp_ = nullptr;      // [M, max_unfused_rows] output of an unfused packed part
+  uint16_t* w16_ = nullptr;        // [max_packed_elems] fp16 dequantized part (prefill), or null
   char* cublas_ws_ = nullptr;
 };
 

@@ -27,8 +27,6 @@
 // i.e. within each aligned 16-column chunk the 3/2-bit decode order is
 //   0 2 4 6 | 8 10 12 14 | 1 3 5 7 | 9 11 13 15.
 // The GEMV stages x in shared memory in that order; the GEMM turns W back to natural order.
-#include "kernels/lut_gemv.h"
-
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -39,6 +37,8 @@
 #include <string>
 
 #include "kernels/cuda_common.h"
+#include "kernels/cuda_util.cuh"
+#include "kernels/lut_gemv.h"
 #include "kernels/packed_layout.h"
 #include "kernels/pdl.cuh"
 
@@ -77,8 +77,12 @@ SQZ_HD uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
 __device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 
 // Streaming 16/8/4-byte loads of index words (read once; through the read-only path).
-__device__ __forceinline__ uint4 ldg_u4(const void* p) { return __ldg(static_cast<const uint4*>(p)); }
-__device__ __forceinline__ uint2 ldg_u2(const void* p) { return __ldg(static_cast<const uint2*>(p)); }
+__device__ __forceinline__ uint4 ldg_u4(const void* p) {
+  return __ldg(static_cast<const uint4*>(p));
+}
+__device__ __forceinline__ uint2 ldg_u2(const void* p) {
+  return __ldg(static_cast<const uint2*>(p));
+}
 __device__ __forceinline__ uint32_t ldg_u1(const void* p) {
   return __ldg(static_cast<const unsigned int*>(p));
 }
@@ -111,25 +115,48 @@ __device__ __forceinline__ void cp_async_16(void* smem_ptr, const void* src, int
 // 8/4 bytes with src_bytes (0 or the full size) read; the rest zero-filled.
 __device__ __forceinline__ void cp_async_8z(void* smem_ptr, const void* src, int src_bytes) {
   const uint32_t a = uint32_t(__cvta_generic_to_shared(smem_ptr));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(a), "l"(src), "r"(src_bytes) : "memory");
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(a), "l"(src), "r"(src_bytes)
+               : "memory");
 }
 __device__ __forceinline__ void cp_async_4z(void* smem_ptr, const void* src, int src_bytes) {
   const uint32_t a = uint32_t(__cvta_generic_to_shared(smem_ptr));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(a), "l"(src), "r"(src_bytes) : "memory");
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(a), "l"(src), "r"(src_bytes)
+               : "memory");
+}
+// Same without the zero-fill operand (the whole source is read): the addresses of an item's
+// copies then differ by constants, which the copies take as immediate offsets.
+template <int BYTES>
+__device__ __forceinline__ void cp_async_full(void* smem_ptr, const void* src) {
+  const uint32_t a = uint32_t(__cvta_generic_to_shared(smem_ptr));
+  if constexpr (BYTES == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(a), "l"(src) : "memory");
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" ::"r"(a), "l"(src), "n"(BYTES)
+                 : "memory");
 }
 template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;" ::: "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_all;" ::: "memory");
+}
 
 // ---------------------------------------------------------------------------------------
 // LUT byte planes and the decoding of one quarter-unit
 
 template <int BITS>
-constexpr int kLutPlanes = BITS == 4 ? 4 : BITS == 3 ? 2 : 1;
+constexpr int kLutPlanes = BITS == 4   ? 4
+                           : BITS == 3 ? 2
+                                       : 1;
 // u32 index words per quarter-unit: 4-bit word q; 3-bit two low lanes + the high lane; 2-bit two.
 template <int BITS>
-constexpr int kQuarterWords = BITS == 4 ? 4 : BITS == 3 ? 3 : 2;
+constexpr int kQuarterWords = BITS == 4   ? 4
+                              : BITS == 3 ? 3
+                                          : 2;
 
 template <int BITS>
 struct LutPlanes {
@@ -152,7 +179,8 @@ __device__ __forceinline__ LutPlanes<BITS> load_lut(const uint16_t* lut, int row
 
 // Quarter q of a unit (see the top of the file for which bytes).
 template <int BITS>
-__device__ __forceinline__ void load_quarter(const uint8_t* unit, int q, uint32_t (&w)[kQuarterWords<BITS>]) {
+__device__ __forceinline__ void load_quarter(const uint8_t* unit, int q,
+                                             uint32_t (&w)[kQuarterWords<BITS>]) {
   if constexpr (BITS == 4) {
     const uint4 v = ldg_u4(unit + 16 * q);
     w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
@@ -166,8 +194,7 @@ __device__ __forceinline__ void load_quarter(const uint8_t* unit, int q, uint32_
 // Four weights whose 3-bit (or 2-bit) indices are the nibbles of sel[15:0] (bit 3 clear):
 // half2 of nibbles 0,1 -> a, nibbles 2,3 -> b.
 template <int BITS>
-SQZ_HD void lookup4_small(uint32_t sel, const LutPlanes<BITS>& l, uint32_t& a,
-                                              uint32_t& b) {
+SQZ_HD void lookup4_small(uint32_t sel, const LutPlanes<BITS>& l, uint32_t& a, uint32_t& b) {
   const uint32_t lo = prmt(l.lo[0], l.lo[kLutPlanes<BITS> - 1], sel);
   const uint32_t hi = prmt(l.hi[0], l.hi[kLutPlanes<BITS> - 1], sel);
   a = prmt(lo, hi, 0x5140);
@@ -175,8 +202,7 @@ SQZ_HD void lookup4_small(uint32_t sel, const LutPlanes<BITS>& l, uint32_t& a,
 }
 
 // Same for 4-bit indices: sel holds the low 3 bits, byte k of m is 0xff where index k >= 8.
-SQZ_HD void lookup4_16(uint32_t sel, uint32_t m, const LutPlanes<4>& l,
-                                           uint32_t& a, uint32_t& b) {
+SQZ_HD void lookup4_16(uint32_t sel, uint32_t m, const LutPlanes<4>& l, uint32_t& a, uint32_t& b) {
   const uint32_t lo = (prmt(l.lo[0], l.lo[1], sel) & ~m) | (prmt(l.lo[2], l.lo[3], sel) & m);
   const uint32_t hi = (prmt(l.hi[0], l.hi[1], sel) & ~m) | (prmt(l.hi[2], l.hi[3], sel) & m);
   a = prmt(lo, hi, 0x5140);
@@ -193,10 +219,10 @@ SQZ_HD uint32_t spread_bits(uint32_t x) {
 
 // One quarter-unit -> 16 half2 pairs in decode order (see the top of the file).
 template <int BITS>
-SQZ_HD void decode_quarter(const uint32_t (&w)[kQuarterWords<BITS>],
-                                               const LutPlanes<BITS>& l, uint32_t (&p)[16]) {
+SQZ_HD void decode_quarter(const uint32_t (&w)[kQuarterWords<BITS>], const LutPlanes<BITS>& l,
+                           uint32_t (&p)[16]) {
   if constexpr (BITS == 4) {
-SQZ_UNROLL
+    SQZ_UNROLL
     for (int j = 0; j < 4; j++) {  // lane j: nibbles = columns 8j..8j+7
       const uint32_t v = w[j], s = v & 0x77777777u;
       // msb of the bytes of (v << 4 : v) are the index bits 3 of nibbles 0,1,2,.. in turn
@@ -206,7 +232,7 @@ SQZ_UNROLL
     }
   } else {
     constexpr uint32_t kLow2 = 0x33333333u;  // bits 0-1 of every nibble
-SQZ_UNROLL
+    SQZ_UNROLL
     for (int h = 0; h < 2; h++) {  // low lane h: columns 16h..16h+15, 2 bits each
       const uint32_t v = w[h];
       uint32_t se = v & kLow2, so = (v >> 2) & kLow2;  // nibble k: column 2k / 2k+1
@@ -228,11 +254,11 @@ SQZ_UNROLL
 template <int BITS>
 SQZ_HD void to_natural_order(uint32_t (&p)[16]) {
   if constexpr (BITS != 4) {
-SQZ_UNROLL
+    SQZ_UNROLL
     for (int h = 0; h < 2; h++) {
       uint32_t* q = p + 8 * h;
-      const uint32_t a0 = q[0], b0 = q[1], a1 = q[2], b1 = q[3], a2 = q[4], b2 = q[5],
-                     a3 = q[6], b3 = q[7];
+      const uint32_t a0 = q[0], b0 = q[1], a1 = q[2], b1 = q[3], a2 = q[4], b2 = q[5], a3 = q[6],
+                     b3 = q[7];
       q[0] = prmt(a0, a2, 0x5410), q[1] = prmt(a0, a2, 0x7632);  // 0 1, 2 3
       q[2] = prmt(b0, b2, 0x5410), q[3] = prmt(b0, b2, 0x7632);  // 4 5, 6 7
       q[4] = prmt(a1, a3, 0x5410), q[5] = prmt(a1, a3, 0x7632);  // 8 9, 10 11
@@ -272,7 +298,7 @@ SQZ_UNROLL
 constexpr int kGemvWarps = 8;
 constexpr int kGemvThreads = 32 * kGemvWarps;
 constexpr int kTileRows = 16;
-constexpr int kMaxGemvTokens = 16;
+constexpr int kMaxGemvTokens = kLutGemvMaxTokens;
 
 template <int BITS>
 constexpr int kItemUnits = BITS == 4 ? 2 : 4;  // units per item: 64 (4-bit) / 96 B per lane
@@ -285,7 +311,9 @@ constexpr int kStages = 2;
 template <int NTILE>
 constexpr int kGemvMinBlocks = NTILE == 1 ? 3 : 2;
 template <int BITS>
-constexpr int kLaneQuarterBytes = BITS == 4 ? 16 : BITS == 3 ? 12 : 8;  // per unit and row
+constexpr int kLaneQuarterBytes = BITS == 4   ? 16
+                                  : BITS == 3 ? 12
+                                              : 8;  // per unit and row
 // One ring stage of a warp: [unit][row half][lane][16 or 8 bytes] (+ 3-bit high words
 // [unit][row half][lane][4 bytes]): each lane copies and reads back its own quarters, and a
 // warp's loads read consecutive bytes.
@@ -310,12 +338,16 @@ struct LinearParams {
 };
 
 struct GemvParams : LinearParams {
-  int n_items;        // ceil(n_units / G)
-  int chunk_items;    // items per x chunk
+  // Fusions (LutGemmFusion): y += instead of =; swiglu of interleaved gate/up rows into
+  // swiglu_out instead of y.
+  bool accumulate;
+  uint16_t* swiglu_out;
+  int n_items;      // ceil(n_units / G)
+  int chunk_items;  // items per x chunk
   int n_chunks;
-  int n_tiles;        // ceil(rows / 16)
-  int x_tok_stride;   // bytes between tokens in x_s
-  int xs_bytes;       // bytes of x_s
+  int n_tiles;       // ceil(rows / 16)
+  int x_tok_stride;  // bytes between tokens in x_s
+  int xs_bytes;      // bytes of x_s
 };
 
 // Shared memory of the GEMV kernel after x_s: partial tiles, outlier sums, LUT rows.
@@ -351,8 +383,10 @@ __device__ void gemv_stage_x(const GemvParams& p, uint8_t* xs, int chunk) {
     uint32_t v[8];
     if (p.x_vec) {  // cols % 8 == 0: each 8-column half is all in or all out
       const uint4 a = col < p.cols ? *reinterpret_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
-      const uint4 b = col + 8 < p.cols ? *reinterpret_cast<const uint4*>(src + 8) : make_uint4(0, 0, 0, 0);
-      v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+      const uint4 b =
+          col + 8 < p.cols ? *reinterpret_cast<const uint4*>(src + 8) : make_uint4(0, 0, 0, 0);
+      v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z,
+      v[7] = b.w;
     } else {
 #pragma unroll
       for (int k = 0; k < 8; k++) {
@@ -392,19 +426,22 @@ __device__ __forceinline__ TileMeta<BITS> gemv_load_meta(const GemvParams& p, in
 #pragma unroll
   for (int j = 0; j < TileMeta<BITS>::kPerLane; j++) {
     const int i = lane + 32 * j, r = min(tile * kTileRows + i / kPerRow, p.rows - 1);
-    m.lut[j] = i < TileMeta<BITS>::kChunks
-                   ? __ldg(reinterpret_cast<const uint2*>(p.lut) + int64_t(r) * kPerRow + i % kPerRow)
-                   : make_uint2(0, 0);
+    m.lut[j] =
+        i < TileMeta<BITS>::kChunks
+            ? __ldg(reinterpret_cast<const uint2*>(p.lut) + int64_t(r) * kPerRow + i % kPerRow)
+            : make_uint2(0, 0);
   }
   return m;
 }
 
 template <int BITS, int NTILE>
-__device__ __forceinline__ void gemv_store_meta(const TileMeta<BITS>& m, GemvShared<NTILE>& sh, int buf) {
+__device__ __forceinline__ void gemv_store_meta(const TileMeta<BITS>& m, GemvShared<NTILE>& sh,
+                                                int buf) {
   const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int j = 0; j < TileMeta<BITS>::kPerLane; j++)
-    if (lane + 32 * j < TileMeta<BITS>::kChunks) reinterpret_cast<uint2*>(sh.lut[buf])[lane + 32 * j] = m.lut[j];
+    if (lane + 32 * j < TileMeta<BITS>::kChunks)
+      reinterpret_cast<uint2*>(sh.lut[buf])[lane + 32 * j] = m.lut[j];
 }
 
 // One round of warp_transpose_sum: lanes with bit OFF set keep the upper HALF values, the
@@ -439,7 +476,8 @@ __device__ __forceinline__ int warp_transpose_index(int lane) {
 }
 
 template <int BITS, int NTILE, int G>
-__global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_kernel(const GemvParams p) {
+__global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
+    lut_gemv_kernel(const GemvParams p) {
   constexpr int QW = kQuarterWords<BITS>, NT8 = 8 * NTILE;
   constexpr int kUnitBytes = 16 * BITS;
   // Shared memory: x_s [xs_bytes] | GemvShared | each warp's ring of kStages items.
@@ -463,14 +501,16 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
   // cp.async and reads them back itself. Rows past the end are clamped (their sums are
   // discarded); units past the end are zero-filled (index 0, against x = 0).
   const int n_mine = warp < p.n_items ? (p.n_items - warp + kGemvWarps - 1) / kGemvWarps : 0;
-  uint8_t* ring = smem + p.xs_bytes + sizeof(GemvShared<NTILE>) + warp * kStages<NTILE> * kStageBytes<BITS, G>;
+  uint8_t* ring =
+      smem + p.xs_bytes + sizeof(GemvShared<NTILE>) + warp * kStages<NTILE> * kStageBytes<BITS, G>;
   // Fetch cursor: the next item to copy, its tile's two row pointers (at this lane's quarter).
   int f_left = n_mine * my_tiles, f_item = warp, f_tile = blockIdx.x;
   const uint8_t* f_row[2];
   auto f_rows = [&]() {
 #pragma unroll
     for (int hr = 0; hr < 2; hr++)
-      f_row[hr] = p.indices + min(f_tile * kTileRows + g + 8 * hr, p.rows - 1) * p.row_bytes + (BITS == 4 ? 16 : 8) * t;
+      f_row[hr] = p.indices + min(f_tile * kTileRows + g + 8 * hr, p.rows - 1) * p.row_bytes +
+                  (BITS == 4 ? 16 : 8) * t;
   };
   f_rows();
   auto fetch = [&](int stage) {
@@ -478,20 +518,42 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
     uint8_t* dst = ring + stage * kStageBytes<BITS, G> + lane * (BITS == 4 ? 16 : 8);
     const int valid = p.n_units - f_item * G;  // units of this item inside the row
     const int64_t off = int64_t(f_item) * G * kUnitBytes;
+    // The usual case (every unit inside the row): no zero-fill, one base address per row. Not
+    // for 4 bits: its kernel is at the register cap (80) and this path made it spill in the
+    // item loop: 8 tokens 22016 x 4096 43.7 -> 51.3 us (bench_lut_gemv, H100).
+    if (BITS != 4 && valid >= G) {
 #pragma unroll
-    for (int hr = 0; hr < 2; hr++) {
-      const uint8_t* src = f_row[hr] + off;
+      for (int hr = 0; hr < 2; hr++) {
+        const uint8_t* src = f_row[hr] + off;
 #pragma unroll
-      for (int u = 0; u < G; u++) {
-        const bool ok = u < valid;
-        const uint8_t* su = ok ? src + u * kUnitBytes : f_row[hr];
-        const int slot = (u * 2 + hr) * 32;
-        if constexpr (BITS == 4) {
-          cp_async_16(dst + slot * 16, su, ok ? 16 : 0);
-        } else {
-          cp_async_8z(dst + slot * 8, su, ok ? 8 : 0);
-          if constexpr (BITS == 3)
-            cp_async_4z(dst - lane * 4 + G * 2 * 32 * 8 + slot * 4, su + 32 - 4 * t, ok ? 4 : 0);
+        for (int u = 0; u < G; u++) {
+          const int slot = (u * 2 + hr) * 32;
+          if constexpr (BITS == 4) {
+            cp_async_full<16>(dst + slot * 16, src + u * kUnitBytes);
+          } else {
+            cp_async_full<8>(dst + slot * 8, src + u * kUnitBytes);
+            if constexpr (BITS == 3)
+              cp_async_full<4>(dst - lane * 4 + G * 2 * 32 * 8 + slot * 4,
+                               src + u * kUnitBytes + 32 - 4 * t);
+          }
+        }
+      }
+    } else {
+#pragma unroll
+      for (int hr = 0; hr < 2; hr++) {
+        const uint8_t* src = f_row[hr] + off;
+#pragma unroll
+        for (int u = 0; u < G; u++) {
+          const bool ok = u < valid;
+          const uint8_t* su = ok ? src + u * kUnitBytes : f_row[hr];
+          const int slot = (u * 2 + hr) * 32;
+          if constexpr (BITS == 4) {
+            cp_async_16(dst + slot * 16, su, ok ? 16 : 0);
+          } else {
+            cp_async_8z(dst + slot * 8, su, ok ? 8 : 0);
+            if constexpr (BITS == 3)
+              cp_async_4z(dst - lane * 4 + G * 2 * 32 * 8 + slot * 4, su + 32 - 4 * t, ok ? 4 : 0);
+          }
         }
       }
     }
@@ -502,7 +564,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
       f_rows();
     }
   };
-  auto read_quarter = [&](int stage, int u, int hr, uint32_t (&w)[QW]) {
+  auto read_quarter = [&](int stage, int u, int hr, uint32_t(&w)[QW]) {
     const uint8_t* src = ring + stage * kStageBytes<BITS, G>;
     const int slot = (u * 2 + hr) * 32 + lane;
     if constexpr (BITS == 4) {
@@ -511,7 +573,8 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
     } else {
       const uint2 v = *reinterpret_cast<const uint2*>(src + slot * 8);
       w[0] = v.x, w[1] = v.y;
-      if constexpr (BITS == 3) w[2] = *reinterpret_cast<const uint32_t*>(src + G * 2 * 32 * 8 + slot * 4);
+      if constexpr (BITS == 3)
+        w[2] = *reinterpret_cast<const uint32_t*>(src + G * 2 * 32 * 8 + slot * 4);
     }
   };
 
@@ -530,7 +593,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
   int rp_cur[4] = {0, 0, 0, 0}, rp_nxt[4] = {0, 0, 0, 0};  // [row k0, row k1] x 2 rows
   int oc_cur[2] = {0, 0}, oc_nxt[2] = {0, 0};              // column of entry `lane`
   uint16_t ov_cur[2] = {0, 0}, ov_nxt[2] = {0, 0};         // its value
-  auto load_rp = [&](int tile, int (&rp)[4]) {
+  auto load_rp = [&](int tile, int(&rp)[4]) {
 #pragma unroll
     for (int rr = 0; rr < 2; rr++) {
       const int r = tile * kTileRows + warp + 8 * rr;
@@ -538,7 +601,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
       rp[2 * rr + 1] = __ldg(p.row_ptr + min(r + 1, p.rows));
     }
   };
-  auto load_csr = [&](const int (&rp)[4], int (&oc)[2], uint16_t (&ov)[2]) {
+  auto load_csr = [&](const int(&rp)[4], int(&oc)[2], uint16_t(&ov)[2]) {
 #pragma unroll
     for (int rr = 0; rr < 2; rr++) {
       const int kk = rp[2 * rr] + lane;
@@ -566,11 +629,14 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
     LutPlanes<BITS> lut0, lut1;
     {
       const uint32_t* e0 = reinterpret_cast<const uint32_t*>(sh.lut[par] + g * kLutRowBytes<BITS>);
-      const uint32_t* e1 = reinterpret_cast<const uint32_t*>(sh.lut[par] + (g + 8) * kLutRowBytes<BITS>);
+      const uint32_t* e1 =
+          reinterpret_cast<const uint32_t*>(sh.lut[par] + (g + 8) * kLutRowBytes<BITS>);
 #pragma unroll
       for (int j = 0; j < kLutPlanes<BITS>; j++) {
-        lut0.lo[j] = prmt(e0[2 * j], e0[2 * j + 1], 0x6420), lut0.hi[j] = prmt(e0[2 * j], e0[2 * j + 1], 0x7531);
-        lut1.lo[j] = prmt(e1[2 * j], e1[2 * j + 1], 0x6420), lut1.hi[j] = prmt(e1[2 * j], e1[2 * j + 1], 0x7531);
+        lut0.lo[j] = prmt(e0[2 * j], e0[2 * j + 1], 0x6420),
+        lut0.hi[j] = prmt(e0[2 * j], e0[2 * j + 1], 0x7531);
+        lut1.lo[j] = prmt(e1[2 * j], e1[2 * j + 1], 0x6420),
+        lut1.hi[j] = prmt(e1[2 * j], e1[2 * j + 1], 0x7531);
       }
     }
     int rp_nn[4] = {0, 0, 0, 0};
@@ -583,7 +649,8 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
 #pragma unroll
     for (int a = 0; a < 2; a++)
 #pragma unroll
-      for (int nt = 0; nt < NTILE; nt++) acc[a][nt][0] = acc[a][nt][1] = acc[a][nt][2] = acc[a][nt][3] = 0.0f;
+      for (int nt = 0; nt < NTILE; nt++)
+        acc[a][nt][0] = acc[a][nt][1] = acc[a][nt][2] = acc[a][nt][3] = 0.0f;
 
     for (int c = 0; c < p.n_chunks; c++) {
       const int item0 = c * p.chunk_items, item1 = min(item0 + p.chunk_items, p.n_items);
@@ -609,8 +676,10 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
           for (int m = 0; m < 8; m++) {
 #pragma unroll
             for (int nt = 0; nt < NTILE; nt++) {
-              const uint2 b = *reinterpret_cast<const uint2*>(xs + xs_lane[nt] + xs_item + u * 256 + m * 32);
-              mma_16816(acc[u & 1][nt], p0[2 * m], p1[2 * m], p0[2 * m + 1], p1[2 * m + 1], b.x, b.y);
+              const uint2 b =
+                  *reinterpret_cast<const uint2*>(xs + xs_lane[nt] + xs_item + u * 256 + m * 32);
+              mma_16816(acc[u & 1][nt], p0[2 * m], p1[2 * m], p0[2 * m + 1], p1[2 * m + 1], b.x,
+                        b.y);
             }
           }
         }
@@ -634,10 +703,11 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
           for (int i = 0; i < NT8; i++)
             if (i < p.n_tokens)
               s[i] += v * h2f(p.n_chunks == 1 ? xs_h[i * tok_stride_h + xs_offset<BITS>(col)]
-                                               : __ldg(p.x + int64_t(i) * p.cols + col));
+                                              : __ldg(p.x + int64_t(i) * p.cols + col));
         };
         if (k0 + lane < k1) add(oc_cur[rr], h2f(ov_cur[rr]));
-        for (int kk = k0 + 32 + lane; kk < k1; kk += 32) add(__ldg(p.col_idx + kk), h2f(__ldg(p.values + kk)));
+        for (int kk = k0 + 32 + lane; kk < k1; kk += 32)
+          add(__ldg(p.col_idx + kk), h2f(__ldg(p.values + kk)));
       }
       if (NT8 == 8 && p.n_tokens == 1) {
 #pragma unroll
@@ -664,12 +734,25 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>) lut_gemv_
 #pragma unroll
     for (int rr = 0; rr < 2; rr++) oc_cur[rr] = oc_nxt[rr], ov_cur[rr] = ov_nxt[rr];
     __syncthreads();
-    if (int(threadIdx.x) < kTileRows * p.n_tokens) {
-      const int rl = threadIdx.x & 15, tok = threadIdx.x >> 4, r = tile * kTileRows + rl;
+    auto row_sum = [&](int rl, int tok) {
       float s = sh.outl[par][rl][tok];
 #pragma unroll
       for (int w = 0; w < kGemvWarps; w++) s += sh.red[par][w][rl][tok];
-      if (r < p.rows) p.y[int64_t(tok) * p.rows + r] = s;
+      return s;
+    };
+    if (p.swiglu_out) {  // rows rl and rl + 8 are gate and up of hidden unit 8 tile + rl
+      if (int(threadIdx.x) < 8 * p.n_tokens) {
+        const int rl = threadIdx.x & 7, tok = threadIdx.x >> 3, hidden = p.rows / 2;
+        const float gate = row_sum(rl, tok), up = row_sum(rl + 8, tok);
+        p.swiglu_out[int64_t(tok) * hidden + tile * 8 + rl] = f2h(gate / (1.0f + expf(-gate)) * up);
+      }
+    } else if (int(threadIdx.x) < kTileRows * p.n_tokens) {
+      const int rl = threadIdx.x & 15, tok = threadIdx.x >> 4, r = tile * kTileRows + rl;
+      const float s = row_sum(rl, tok);
+      if (r < p.rows) {
+        float* y = p.y + int64_t(tok) * p.rows + r;
+        *y = p.accumulate ? *y + s : s;
+      }
     }
   }
 }
@@ -711,7 +794,7 @@ __global__ void __launch_bounds__(kGemmThreads, 1) lut_gemm_kernel(const GemmPar
   constexpr int QW = kQuarterWords<BITS>, kUnitBytes = 16 * BITS;
   extern __shared__ __align__(16) uint8_t smem[];
   uint16_t* ws = reinterpret_cast<uint16_t*>(smem);  // [2][BM][kLds]
-  uint16_t* xs = ws + 2 * BM * kLds;                  // [2][BN][kLds]
+  uint16_t* xs = ws + 2 * BM * kLds;                 // [2][BN][kLds]
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
   const int wm = warp / WN, wn = warp % WN;
@@ -725,17 +808,18 @@ __global__ void __launch_bounds__(kGemmThreads, 1) lut_gemm_kernel(const GemmPar
   const uint8_t* d_src = p.indices + d_r * p.row_bytes;
   // Index words two steps ahead: raw_a / raw_b alternate (the step loop is unrolled by 2).
   uint32_t raw_a[QPT][QW], raw_b[QPT][QW];
-  auto load_raw = [&](int unit, uint32_t (&raw)[QPT][QW]) {
+  auto load_raw = [&](int unit, uint32_t(&raw)[QPT][QW]) {
 #pragma unroll
     for (int q = 0; q < QPT; q++) load_quarter<BITS>(d_src + unit * kUnitBytes, d_q0 + q, raw[q]);
   };
-  auto decode_store = [&](int buf, int q, const uint32_t (&raw)[QPT][QW]) {
+  auto decode_store = [&](int buf, int q, const uint32_t(&raw)[QPT][QW]) {
     uint32_t pr[16];
     decode_quarter<BITS>(raw[q], lut, pr);
     to_natural_order<BITS>(pr);
     uint4* dst = reinterpret_cast<uint4*>(ws + (buf * BM + d_row) * kLds + 32 * (d_q0 + q));
 #pragma unroll
-    for (int k = 0; k < 4; k++) dst[k] = make_uint4(pr[4 * k], pr[4 * k + 1], pr[4 * k + 2], pr[4 * k + 3]);
+    for (int k = 0; k < 4; k++)
+      dst[k] = make_uint4(pr[4 * k], pr[4 * k + 1], pr[4 * k + 2], pr[4 * k + 3]);
   };
   // x[tok0 .. tok0+BN)[128 unit .. +128) -> x_s[buf], zeros outside x.
   auto load_x = [&](int unit, int buf) {
@@ -774,7 +858,8 @@ __global__ void __launch_bounds__(kGemmThreads, 1) lut_gemm_kernel(const GemmPar
   for (int s = 0; s < 2 * MT; s++) {
     const int r = row0 + wm * 16 * MT + 16 * (s / 2) + g + 8 * (s % 2);
     o_ptr[s] = o_end[s] = 0;
-    if (has_outliers && r < p.rows) o_ptr[s] = __ldg(p.row_ptr + r), o_end[s] = __ldg(p.row_ptr + r + 1);
+    if (has_outliers && r < p.rows)
+      o_ptr[s] = __ldg(p.row_ptr + r), o_end[s] = __ldg(p.row_ptr + r + 1);
     const bool ok = o_ptr[s] < o_end[s];
     o_col[s] = ok ? __ldg(p.col_idx + o_ptr[s]) : INT_MAX;
     o_val[s] = ok ? __ldg(p.values + o_ptr[s]) : uint16_t(0);
@@ -789,7 +874,7 @@ __global__ void __launch_bounds__(kGemmThreads, 1) lut_gemm_kernel(const GemmPar
 
   // Step kt: raw_next holds the index words of step kt + 1 (decoded during this step's mma
   // into W_s[buf ^ 1]); raw_after receives those of step kt + 2.
-  auto step = [&](int kt, const uint32_t (&raw_next)[QPT][QW], uint32_t (&raw_after)[QPT][QW]) {
+  auto step = [&](int kt, const uint32_t(&raw_next)[QPT][QW], uint32_t(&raw_after)[QPT][QW]) {
     const int buf = kt & 1;
     const bool more = kt + 1 < p.n_units;
     if (kt + 2 < p.n_units) load_raw(kt + 2, raw_after);
@@ -806,18 +891,20 @@ __global__ void __launch_bounds__(kGemmThreads, 1) lut_gemm_kernel(const GemmPar
       uint32_t a[MT][4], b[NT][2];
 #pragma unroll
       for (int i = 0; i < MT; i++)
-        ldmatrix_x4(a[i], wsb + (wm * 16 * MT + 16 * i + (lane & 15)) * kLds + ks * 16 + (lane >> 4) * 8);
+        ldmatrix_x4(a[i],
+                    wsb + (wm * 16 * MT + 16 * i + (lane & 15)) * kLds + ks * 16 + (lane >> 4) * 8);
 #pragma unroll
       for (int j = 0; j < NT; j += 2) {
         uint32_t r[4];
-        ldmatrix_x4(r, xsb + (wn * 8 * NT + 8 * j + (lane & 7) + ((lane >> 4) << 3)) * kLds + ks * 16 +
-                           ((lane >> 3) & 1) * 8);
+        ldmatrix_x4(r, xsb + (wn * 8 * NT + 8 * j + (lane & 7) + ((lane >> 4) << 3)) * kLds +
+                           ks * 16 + ((lane >> 3) & 1) * 8);
         b[j][0] = r[0], b[j][1] = r[1], b[j + 1][0] = r[2], b[j + 1][1] = r[3];
       }
 #pragma unroll
       for (int i = 0; i < MT; i++)
 #pragma unroll
-        for (int j = 0; j < NT; j++) mma_16816(acc[i][j], a[i][0], a[i][1], a[i][2], a[i][3], b[j][0], b[j][1]);
+        for (int j = 0; j < NT; j++)
+          mma_16816(acc[i][j], a[i][0], a[i][1], a[i][2], a[i][3], b[j][0], b[j][1]);
       // The next step's W tile, decoded between the mma steps.
       if (more && ks == 8 - 2 * QPT + 1) decode_store(buf ^ 1, 0, raw_next);
       if constexpr (QPT == 2)
@@ -924,7 +1011,6 @@ int blocks_per_sm(Kernel kernel, int threads, size_t smem) {
   return std::max(n, 1);
 }
 
-
 LinearParams linear_params(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y) {
   LinearParams p{};
   p.indices = w.indices, p.row_bytes = w.row_bytes, p.lut = w.lut;
@@ -937,14 +1023,16 @@ LinearParams linear_params(const PackedMatrix& w, const uint16_t* x, int n_token
 
 // Parameters and shared memory of lut_gemv_kernel<BITS, NTILE, G>; returns its blocks per SM.
 template <int BITS, int NTILE, int G>
-int plan_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y, const DeviceInfo& dev,
-              GemvParams& p, size_t& smem) {
+int plan_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
+              const LutGemmFusion& f, const DeviceInfo& dev, GemvParams& p, size_t& smem) {
   p = GemvParams{};
   static_cast<LinearParams&>(p) = linear_params(w, x, n_tokens, y);
+  p.accumulate = f.accumulate, p.swiglu_out = f.swiglu_out;
   p.n_items = (p.n_units + G - 1) / G;
   p.n_tiles = (w.rows + kTileRows - 1) / kTileRows;
 
-  const int fixed = int(sizeof(GemvShared<NTILE>)) + kGemvWarps * kStages<NTILE> * kStageBytes<BITS, G>;
+  const int fixed =
+      int(sizeof(GemvShared<NTILE>)) + kGemvWarps * kStages<NTILE> * kStageBytes<BITS, G>;
   const int item_bytes = G * kUnitCols * 2;  // x_s bytes per token per item
   auto xs_bytes = [&](int items) { return n_tokens * (items * item_bytes + 32); };
   p.chunk_items = p.n_items;
@@ -971,16 +1059,16 @@ int plan_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y, 
 // otherwise: at one token, 3 blocks of G = 2 against 2 of G = 4 (down, K = 11008) was 20% slower.
 template <int BITS, int NTILE>
 void launch_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
-                 cudaStream_t stream, const DeviceInfo& dev) {
+                 const LutGemmFusion& f, cudaStream_t stream, const DeviceInfo& dev) {
   constexpr int G = kItemUnits<BITS>;
   GemvParams p;
   size_t smem = 0;
-  const int blocks = plan_gemv<BITS, NTILE, G>(w, x, n_tokens, y, dev, p, smem);
+  const int blocks = plan_gemv<BITS, NTILE, G>(w, x, n_tokens, y, f, dev, p, smem);
   if constexpr (G != 2) {
     if (blocks == 1 || p.n_chunks > 1) {  // else there is nothing G = 2 could improve
       GemvParams p2;
       size_t smem2 = 0;
-      const int blocks2 = plan_gemv<BITS, NTILE, 2>(w, x, n_tokens, y, dev, p2, smem2);
+      const int blocks2 = plan_gemv<BITS, NTILE, 2>(w, x, n_tokens, y, f, dev, p2, smem2);
       if ((blocks == 1 && blocks2 > 1) || (p.n_chunks > 1 && p2.n_chunks == 1)) {
         const int grid = std::min(p2.n_tiles, dev.n_sms * blocks2);
         launch_pdl(lut_gemv_kernel<BITS, NTILE, 2>, grid, kGemvThreads, smem2, stream, p2);
@@ -1014,11 +1102,11 @@ void launch_gemm(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* 
 
 template <int BITS>
 void launch_bits(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
-                 cudaStream_t stream, const DeviceInfo& dev) {
+                 const LutGemmFusion& f, cudaStream_t stream, const DeviceInfo& dev) {
   if (n_tokens <= 8)
-    launch_gemv<BITS, 1>(w, x, n_tokens, y, stream, dev);
+    launch_gemv<BITS, 1>(w, x, n_tokens, y, f, stream, dev);
   else if (n_tokens <= kMaxGemvTokens)
-    launch_gemv<BITS, 2>(w, x, n_tokens, y, stream, dev);
+    launch_gemv<BITS, 2>(w, x, n_tokens, y, f, stream, dev);
   else
     launch_gemm<BITS>(w, x, n_tokens, y, stream, dev);
 }
@@ -1029,24 +1117,49 @@ void lut_gemm_cuda_init() { device_info(); }
 
 void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
                    cudaStream_t stream) {
+  lut_gemm_cuda(w, x, n_tokens, y, stream, LutGemmFusion{});
+}
+
+void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
+                   cudaStream_t stream, const LutGemmFusion& f) {
   if (w.bits < 2 || w.bits > 4)
-    throw std::invalid_argument("lut_gemm_cuda: bits must be 2, 3 or 4, got " + std::to_string(w.bits));
+    throw std::invalid_argument("lut_gemm_cuda: bits must be 2, 3 or 4, got " +
+                                std::to_string(w.bits));
   if (w.rows < 0 || w.cols <= 0 || n_tokens < 0)
-    throw std::invalid_argument("lut_gemm_cuda: bad shape rows " + std::to_string(w.rows) + " cols " +
-                                std::to_string(w.cols) + " tokens " + std::to_string(n_tokens));
+    throw std::invalid_argument("lut_gemm_cuda: bad shape rows " + std::to_string(w.rows) +
+                                " cols " + std::to_string(w.cols) + " tokens " +
+                                std::to_string(n_tokens));
   if (w.row_bytes != packed_row_bytes(w.cols, w.bits))
     throw std::invalid_argument("lut_gemm_cuda: row_bytes " + std::to_string(w.row_bytes) +
-                                " != packed_row_bytes " + std::to_string(packed_row_bytes(w.cols, w.bits)));
-  if (reinterpret_cast<uintptr_t>(w.indices) % 16 != 0 || reinterpret_cast<uintptr_t>(w.lut) % 8 != 0)
+                                " != packed_row_bytes " +
+                                std::to_string(packed_row_bytes(w.cols, w.bits)));
+  if (reinterpret_cast<uintptr_t>(w.indices) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(w.lut) % 8 != 0)
     throw std::invalid_argument("lut_gemm_cuda: indices must be 16-byte and lut 8-byte aligned");
   if (w.nnz > 0 && (!w.row_ptr || !w.col_idx || !w.values))
     throw std::invalid_argument("lut_gemm_cuda: nnz > 0 without CSR arrays");
+  const bool fused = f.accumulate || f.swiglu_out;
+  if (fused && n_tokens > kLutGemvMaxTokens)
+    throw std::invalid_argument(
+        "lut_gemm_cuda: fusions need n_tokens <= " + std::to_string(kLutGemvMaxTokens) + ", got " +
+        std::to_string(n_tokens));
+  if (f.swiglu_out && (w.rows % 16 != 0 || f.accumulate))
+    throw std::invalid_argument(
+        "lut_gemm_cuda: fused SwiGLU needs rows % 16 == 0 (gate/up "
+        "interleaved by 8), got " +
+        std::to_string(w.rows) + " rows, and no accumulate");
   const DeviceInfo& dev = device_info();
   if (n_tokens == 0 || w.rows == 0) return;
   switch (w.bits) {
-    case 2: launch_bits<2>(w, x, n_tokens, y, stream, dev); break;
-    case 3: launch_bits<3>(w, x, n_tokens, y, stream, dev); break;
-    default: launch_bits<4>(w, x, n_tokens, y, stream, dev); break;
+    case 2:
+      launch_bits<2>(w, x, n_tokens, y, f, stream, dev);
+      break;
+    case 3:
+      launch_bits<3>(w, x, n_tokens, y, f, stream, dev);
+      break;
+    default:
+      launch_bits<4>(w, x, n_tokens, y, f, stream, dev);
+      break;
   }
 }
 

@@ -11,10 +11,10 @@ struct PackedMatrix {
   int rows = 0, cols = 0, bits = 0;
   const uint8_t* indices = nullptr;  // [rows, row_bytes]
   int64_t row_bytes = 0;
-  const uint16_t* lut = nullptr;      // [rows, 2^bits] fp16
-  const int32_t* row_ptr = nullptr;   // [rows + 1]
-  const int32_t* col_idx = nullptr;   // [nnz]
-  const uint16_t* values = nullptr;   // [nnz] fp16
+  const uint16_t* lut = nullptr;     // [rows, 2^bits] fp16
+  const int32_t* row_ptr = nullptr;  // [rows + 1]
+  const int32_t* col_idx = nullptr;  // [nnz]
+  const uint16_t* values = nullptr;  // [nnz] fp16
   int64_t nnz = 0;
 };
 
@@ -36,8 +36,25 @@ namespace sqz {
 // Launch errors throw cuda_error; bad arguments (bits, row_bytes, alignment: indices 16-byte,
 // lut 4-byte) throw std::invalid_argument. No host synchronisation and no allocation, so it can
 // be captured in a CUDA graph. kernels/NOTES_lut_gemv.md describes the kernels.
+struct LutGemmFusion;
 void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
                    cudaStream_t stream);
+
+// The ops after a decoder linear fused into its epilogue, for n_tokens <= kLutGemvMaxTokens
+// (the GEMV kernel; more tokens throw std::invalid_argument). Each gives exactly the
+// separate ops' result: the same fp32 sums, then the same add or formula.
+struct LutGemmFusion {
+  // Residual add: y[t, r] += (W x)[t, r] instead of =.
+  bool accumulate = false;
+  // SwiGLU: W's rows are gate and up interleaved in blocks of 8 (rows 16b..16b+7 = gate rows
+  // 8b..8b+7, rows 16b+8..16b+15 = the matching up rows; rows % 16 == 0) and, instead of y,
+  // swiglu_out device fp16 [n_tokens, rows / 2] gets fp16(silu(gate) * up), swiglu_cuda's
+  // formula. y is not written (may be null).
+  uint16_t* swiglu_out = nullptr;
+};
+constexpr int kLutGemvMaxTokens = 16;
+void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
+                   cudaStream_t stream, const LutGemmFusion& fusion);
 
 // One-time set-up for the current device (kernel shared-memory limits, SM count). The first
 // lut_gemm_cuda call does it too; call it up front to keep it out of a graph capture.

@@ -27,7 +27,7 @@ fi
 if has sanitize; then
   for t in build/tests/test_lut_gemv build/tests/test_cuda_kernels build/tests/test_quantize_cuda; do
     [[ -x $t ]] || continue
-    compute-sanitizer --tool memcheck --error-exitcode 3 "$t" --gtest_filter='*Small*:*Odd*:*Outlier*:*Dequant*:*ItemsOfTwo*' \
+    compute-sanitizer --tool memcheck --error-exitcode 3 "$t" --gtest_filter='*Small*:*Odd*:*Outlier*:*Dequant*:*ItemsOfTwo*:*Fusion*:*Interleaved*' \
       >"$log/memcheck_$(basename "$t").log" 2>&1 || status=1
     tail -3 "$log/memcheck_$(basename "$t").log"
   done

@@ -395,7 +395,7 @@ struct SyntheticModel {
 std::unique_ptr<SyntheticModel> make_synthetic() {
   auto s = std::make_unique<SyntheticModel>();
   Config& c = s->m.config;
-  c.dim = 96, c.hidden_dim = 200, c.n_layers = 2, c.n_heads = 6, c.n_kv_heads = 2;
+  c.dim = 96, c.hidden_dim = 200, c.n_layers = 3, c.n_heads = 6, c.n_kv_heads = 2;
   c.head_dim = 16, c.vocab_size = 300, c.seq_len = 128;
   s->m.path = "synthetic", s->m.format = "synthetic";
   const int dim = c.dim, hid = c.hidden_dim, q = c.q_dim(), kv = c.kv_dim();
@@ -415,6 +415,14 @@ std::unique_ptr<SyntheticModel> make_synthetic() {
       w.w_gate = s->packed(p + "w_gate", hid, dim, 3, 3);
       w.w_up = s->packed(p + "w_up", hid, dim, 4, 3);
       w.w_down = s->packed(p + "w_down", dim, hid, 4, 200);  // some rows all outliers
+    } else if (l == 2) {  // every linear one packed matrix: the fused decode GEMVs
+      w.wq = s->packed(p + "wq", q, dim, 3, 2);
+      w.wk = s->packed(p + "wk", kv, dim, 3, 5);
+      w.wv = s->packed(p + "wv", kv, dim, 3, 0);
+      w.wo = s->packed(p + "wo", dim, q, 4, 3);
+      w.w_gate = s->packed(p + "w_gate", hid, dim, 3, 4);
+      w.w_up = s->packed(p + "w_up", hid, dim, 3, 2);
+      w.w_down = s->packed(p + "w_down", dim, hid, 3, 6);
     } else {
       w.wq = s->packed(p + "wq", q, dim, 4, 2);
       w.wk = s->dense(p + "wk", kv, dim, DType::F32);

@@ -31,11 +31,11 @@ namespace {
 using test::DeviceBuffer;
 
 // Tolerances: |got - ref| <= abs + rel * |ref|.
-constexpr float kF16OutRel = 2e-3f;   // fp16 output: half-ulp 2^-11 plus fp32 order effects
+constexpr float kF16OutRel = 2e-3f;  // fp16 output: half-ulp 2^-11 plus fp32 order effects
 constexpr float kF16OutAbs = 1e-4f;
-constexpr float kRopeAbs = 2e-5f;     // fp32 rotation; sincosf vs libm differ by ulps
-constexpr float kAttnAbs = 2e-3f;     // fp16 output of a weighted mean of O(1) values
-constexpr int kH100Sms = 132;         // split count used for the "auto" decode case
+constexpr float kRopeAbs = 2e-5f;  // fp32 rotation; sincosf vs libm differ by ulps
+constexpr float kAttnAbs = 2e-3f;  // fp16 output of a weighted mean of O(1) values
+constexpr int kH100Sms = 132;      // split count used for the "auto" decode case
 
 std::vector<float> randn(size_t n, std::mt19937& rng, float scale = 1.0f) {
   std::normal_distribution<float> d(0.0f, scale);
@@ -66,7 +66,8 @@ float expect_close(const std::vector<float>& got, const std::vector<float>& ref,
   for (size_t i = 0; i < std::min(got.size(), ref.size()); i++) {
     const float d = std::fabs(got[i] - ref[i]);
     if (!(d <= abs_tol + rel_tol * std::fabs(ref[i]))) {
-      if (bad++ < 10) ADD_FAILURE() << what << ": element " << i << " got " << got[i] << " want " << ref[i];
+      if (bad++ < 10)
+        ADD_FAILURE() << what << ": element " << i << " got " << got[i] << " want " << ref[i];
     }
     if (d > max_diff || std::isnan(d)) max_diff = std::isnan(d) ? INFINITY : d;
   }
@@ -139,7 +140,9 @@ TEST(RmsNormCuda, OddDimsWithResidualAndGather) {
     for (size_t i = 0; i < x.size(); i++) xr[i] = x[i] + r[i];
     std::vector<float> ref_all(x.size()), ref_g;
     rmsnorm(xr.data(), w.data(), n, dim, 1e-5f, ref_all.data());
-    for (int j : rows) ref_g.insert(ref_g.end(), ref_all.begin() + size_t(j) * dim, ref_all.begin() + size_t(j + 1) * dim);
+    for (int j : rows)
+      ref_g.insert(ref_g.end(), ref_all.begin() + size_t(j) * dim,
+                   ref_all.begin() + size_t(j + 1) * dim);
     std::vector<float> got = f16_to_f32_vec(out.download());
     got.resize(ref_g.size());
     expect_close(got, ref_g, kF16OutAbs, kF16OutRel, "gathered" + tag);
@@ -150,7 +153,8 @@ TEST(RmsNormCuda, OddDimsWithResidualAndGather) {
     p.row_index = nullptr, p.n_rows = n;
     rmsnorm_cuda(p, nullptr);
     expect_close(dx.download(), xr, 0, 0, "x += r" + tag);
-    expect_close(f16_to_f32_vec(out.download()), ref_all, kF16OutAbs, kF16OutRel, "fused add" + tag);
+    expect_close(f16_to_f32_vec(out.download()), ref_all, kF16OutAbs, kF16OutRel,
+                 "fused add" + tag);
   }
 }
 
@@ -254,7 +258,8 @@ AttnData make_attention(const AttnCase& c, std::mt19937& rng) {
   d.kc = f32_to_f16_vec(randn(cache_elems, rng));
   d.vc = f32_to_f16_vec(randn(cache_elems, rng));
   for (int s = 0; s < c.n_seqs; s++)
-    for (size_t i = (size_t(s) * c.ctx + last[s] + 1) * d.kv_dim; i < size_t(s + 1) * c.ctx * d.kv_dim; i++)
+    for (size_t i = (size_t(s) * c.ctx + last[s] + 1) * d.kv_dim;
+         i < size_t(s + 1) * c.ctx * d.kv_dim; i++)
       d.kc[i] = d.vc[i] = 0x7e00;  // NaN: never read
   d.q = randn(size_t(d.n) * d.q_stride, rng, 0.5f);
 
@@ -262,7 +267,8 @@ AttnData make_attention(const AttnCase& c, std::mt19937& rng) {
   std::vector<float> qc(size_t(d.n) * c.n_heads * c.head_dim);
   std::vector<const float*> kp(d.n), vp(d.n);
   for (int t = 0; t < d.n; t++) {
-    std::copy_n(&d.q[size_t(t) * d.q_stride], c.n_heads * c.head_dim, &qc[size_t(t) * c.n_heads * c.head_dim]);
+    std::copy_n(&d.q[size_t(t) * d.q_stride], c.n_heads * c.head_dim,
+                &qc[size_t(t) * c.n_heads * c.head_dim]);
     kp[t] = kf.data() + size_t(c.seq[t]) * c.ctx * d.kv_dim;
     vp[t] = vf.data() + size_t(c.seq[t]) * c.ctx * d.kv_dim;
   }
@@ -279,7 +285,8 @@ AttnData make_attention(const AttnCase& c, std::mt19937& rng) {
 enum class AttnPath { PREFILL, DECODE };
 
 void check_attention(const AttnCase& c, const AttnData& d, AttnPath path, int n_splits) {
-  SCOPED_TRACE(c.name + (path == AttnPath::PREFILL ? " prefill" : " decode splits " + std::to_string(n_splits)));
+  SCOPED_TRACE(c.name + (path == AttnPath::PREFILL ? " prefill"
+                                                   : " decode splits " + std::to_string(n_splits)));
   DeviceBuffer<uint16_t> kc(d.kc), vc(d.vc), out(size_t(d.n) * c.n_heads * c.head_dim);
   DeviceBuffer<float> q(d.q);
   DeviceBuffer<int> pos(c.pos), seq(c.seq);
@@ -298,8 +305,8 @@ void check_attention(const AttnCase& c, const AttnData& d, AttnPath path, int n_
     attention_prefill_cuda(p, reinterpret_cast<const AttentionTile*>(dt.p), n_tiles, nullptr);
     expect_close(f16_to_f32_vec(out.download()), d.ref, kAttnAbs, kF16OutRel, "attention");
   } else {
-    DeviceBuffer<float> scratch(std::max<size_t>(
-        1, attention_decode_scratch_floats(d.n, c.n_heads, c.head_dim, n_splits)));
+    DeviceBuffer<float> scratch(
+        std::max<size_t>(1, attention_decode_scratch_floats(d.n, c.n_heads, c.head_dim, n_splits)));
     DeviceBuffer<int> counters(size_t(d.n) * c.n_kv_heads);
     CUDA_CHECK(cudaMemset(counters.p, 0, size_t(d.n) * c.n_kv_heads * sizeof(int)));
     attention_decode_cuda(p, n_splits, scratch.p, counters.p, nullptr);
@@ -322,7 +329,8 @@ AttnCase prefill_case(int n, int p0, int n_heads, int n_kv_heads, int head_dim) 
   AttnCase c{n_heads, n_kv_heads, head_dim, 2, p0 + n + 3, {}, {}, ""};
   for (int i = 0; i < n; i++) c.seq.push_back(1), c.pos.push_back(p0 + i);
   c.name = "n " + std::to_string(n) + " p0 " + std::to_string(p0) + " heads " +
-           std::to_string(n_heads) + "/" + std::to_string(n_kv_heads) + " hd " + std::to_string(head_dim);
+           std::to_string(n_heads) + "/" + std::to_string(n_kv_heads) + " hd " +
+           std::to_string(head_dim);
   return c;
 }
 
@@ -347,11 +355,11 @@ TEST(AttentionCuda, PrefillSeveralSequencesUnorderedPositions) {
   SQZ_REQUIRE_GPU();
   std::mt19937 rng(7);
   AttnCase c{8, 2, 64, 3, 80, {}, {}, "three sequences"};
-  for (int i = 0; i < 40; i++) c.seq.push_back(0), c.pos.push_back(i);       // a prompt
-  c.seq.push_back(2), c.pos.push_back(63);                                   // a decode token
-  for (int i = 3; i <= 20; i++) c.seq.push_back(1), c.pos.push_back(i);      // a continued prompt
-  c.seq.push_back(0), c.pos.push_back(45);                                   // seq 0 again
-  c.seq.push_back(0), c.pos.push_back(41);                                   // positions not sorted
+  for (int i = 0; i < 40; i++) c.seq.push_back(0), c.pos.push_back(i);   // a prompt
+  c.seq.push_back(2), c.pos.push_back(63);                               // a decode token
+  for (int i = 3; i <= 20; i++) c.seq.push_back(1), c.pos.push_back(i);  // a continued prompt
+  c.seq.push_back(0), c.pos.push_back(45);                               // seq 0 again
+  c.seq.push_back(0), c.pos.push_back(41);                               // positions not sorted
   const AttnData d = make_attention(c, rng);
   check_attention(c, d, AttnPath::PREFILL, 1);
   check_attention(c, d, AttnPath::DECODE, 3);  // the decode kernel handles any batch too
@@ -396,7 +404,7 @@ TEST(SwigluCuda, OddWidths) {
     DeviceBuffer<float> dgu(gu);
     DeviceBuffer<uint16_t> out(size_t(n) * hidden);
     out.poison();
-    swiglu_cuda(dgu.p, n, hidden, out.p, nullptr);
+    swiglu_cuda(dgu.p, n, hidden, hidden, out.p, nullptr);
     std::vector<float> ref(size_t(n) * hidden);
     for (int t = 0; t < n; t++)
       swiglu(&gu[size_t(t) * 2 * hidden], &gu[size_t(t) * 2 * hidden + hidden], hidden,
@@ -404,6 +412,28 @@ TEST(SwigluCuda, OddWidths) {
     expect_close(f16_to_f32_vec(out.download()), ref, kF16OutAbs, kF16OutRel,
                  "swiglu hidden " + std::to_string(hidden));
   }
+}
+
+// Gate/up interleaved in blocks of 8 (the fused decode GEMV's row order): the same values
+// as the plain layout, bit for bit.
+TEST(SwigluCuda, InterleavedBlocks) {
+  SQZ_REQUIRE_GPU();
+  std::mt19937 rng(11);
+  const int n = 2, hidden = 8 * 37, block = 8;
+  std::vector<float> plain = randn(size_t(n) * 2 * hidden, rng, 3.0f), inter(plain.size());
+  for (int t = 0; t < n; t++)
+    for (int i = 0; i < hidden; i++) {
+      const size_t row = size_t(t) * 2 * hidden,
+                   at = row + size_t(i / block) * 2 * block + i % block;
+      inter[at] = plain[row + i], inter[at + block] = plain[row + hidden + i];
+    }
+  DeviceBuffer<float> dp(plain), di(inter);
+  DeviceBuffer<uint16_t> op(size_t(n) * hidden), oi(size_t(n) * hidden);
+  op.poison(), oi.poison();
+  swiglu_cuda(dp.p, n, hidden, hidden, op.p, nullptr);
+  swiglu_cuda(di.p, n, hidden, block, oi.p, nullptr);
+  EXPECT_EQ(op.download(), oi.download());
+  EXPECT_THROW(swiglu_cuda(di.p, n, hidden, 7, oi.p, nullptr), std::invalid_argument);
 }
 
 // ---- top-k -------------------------------------------------------------------------------
@@ -459,7 +489,8 @@ TEST(TopKCuda, RejectsBadK) {
   DeviceBuffer<float> vals(1000);
   EXPECT_THROW(topk_cuda(l.p, 1, 10, 0, ids.p, vals.p, nullptr), std::invalid_argument);
   EXPECT_THROW(topk_cuda(l.p, 1, 10, 11, ids.p, vals.p, nullptr), std::invalid_argument);
-  EXPECT_THROW(topk_cuda(l.p, 1, 10000, kTopKMax + 1, ids.p, vals.p, nullptr), std::invalid_argument);
+  EXPECT_THROW(topk_cuda(l.p, 1, 10000, kTopKMax + 1, ids.p, vals.p, nullptr),
+               std::invalid_argument);
 }
 
 }  // namespace

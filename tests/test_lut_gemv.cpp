@@ -7,9 +7,8 @@
 // lut_dequant_cuda (kernels/lut_dequant.cu, the prefill path) against the CPU lut_decode_row
 // rounded to fp16: bit for bit, on the same shapes and outlier patterns.
 // Skips (does not fail) without a CUDA device.
-#include <gtest/gtest.h>
-
 #include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
@@ -23,6 +22,7 @@
 #include "kernels/lut_dequant.h"
 #include "kernels/packed_layout.h"
 #include "kernels/parallel.h"
+#include "kernels/swiglu.h"
 #include "model/dtype.h"
 
 namespace sqz {
@@ -56,7 +56,9 @@ struct DeviceBuf {
     CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(n, 1) * sizeof(T)));
     if (n) CUDA_CHECK(cudaMemcpy(p, v.data(), n * sizeof(T), cudaMemcpyHostToDevice));
   }
-  explicit DeviceBuf(size_t count) : n(count) { CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(n, 1) * sizeof(T))); }
+  explicit DeviceBuf(size_t count) : n(count) {
+    CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(n, 1) * sizeof(T)));
+  }
   ~DeviceBuf() { cudaFree(p); }
   DeviceBuf(const DeviceBuf&) = delete;
   DeviceBuf& operator=(const DeviceBuf&) = delete;
@@ -77,11 +79,16 @@ enum class Outliers {
 
 const char* outliers_name(Outliers o) {
   switch (o) {
-    case Outliers::NONE: return "none";
-    case Outliers::ONE_PER_ROW: return "one";
-    case Outliers::MANY: return "many";
-    case Outliers::FULL_ROW: return "full_row";
-    default: return "realistic";
+    case Outliers::NONE:
+      return "none";
+    case Outliers::ONE_PER_ROW:
+      return "one";
+    case Outliers::MANY:
+      return "many";
+    case Outliers::FULL_ROW:
+      return "full_row";
+    default:
+      return "realistic";
   }
 }
 
@@ -97,7 +104,8 @@ struct TestMatrix {
   DeviceBuf<int32_t> d_row_ptr, d_col_idx;
   PackedMatrix dev;
 
-  TestMatrix(int rows_, int cols_, int bits_, Outliers pattern, std::mt19937& rng, bool unsorted = false)
+  TestMatrix(int rows_, int cols_, int bits_, Outliers pattern, std::mt19937& rng,
+             bool unsorted = false)
       : rows(rows_), cols(cols_), bits(bits_) {
     std::vector<uint8_t> idx(size_t(rows) * cols);
     for (auto& v : idx) v = uint8_t(rng() % (1u << bits));
@@ -111,18 +119,30 @@ struct TestMatrix {
     for (int r = 0; r < rows; r++) {
       int n = 0;
       switch (pattern) {
-        case Outliers::NONE: n = 0; break;
-        case Outliers::ONE_PER_ROW: n = 1; break;
-        case Outliers::MANY: n = r % 5 == 0 ? 40 : int(rng() % 4); break;
-        case Outliers::FULL_ROW: n = r == rows / 2 ? cols : int(rng() % 3); break;
-        case Outliers::REALISTIC: n = int(std::poisson_distribution<int>(0.0045 * cols)(rng)); break;
+        case Outliers::NONE:
+          n = 0;
+          break;
+        case Outliers::ONE_PER_ROW:
+          n = 1;
+          break;
+        case Outliers::MANY:
+          n = r % 5 == 0 ? 40 : int(rng() % 4);
+          break;
+        case Outliers::FULL_ROW:
+          n = r == rows / 2 ? cols : int(rng() % 3);
+          break;
+        case Outliers::REALISTIC:
+          n = int(std::poisson_distribution<int>(0.0045 * cols)(rng));
+          break;
       }
       n = std::min(n, cols);
       for (int c = 0; c < cols; c++) perm[c] = c;
-      for (int i = 0; i < n; i++) std::swap(perm[i], perm[i + rng() % (cols - i)]);  // partial shuffle
+      for (int i = 0; i < n; i++)
+        std::swap(perm[i], perm[i + rng() % (cols - i)]);  // partial shuffle
       std::sort(perm.begin(), perm.begin() + n);
       if (unsorted) std::shuffle(perm.begin(), perm.begin() + n, rng);
-      for (int i = 0; i < n; i++) col_idx.push_back(perm[i]), values.push_back(f32_to_f16(nd(rng) * 4));
+      for (int i = 0; i < n; i++)
+        col_idx.push_back(perm[i]), values.push_back(f32_to_f16(nd(rng) * 4));
       row_ptr.push_back(int32_t(col_idx.size()));
     }
     host.rows = rows, host.cols = cols, host.bits = bits, host.indices = packed.data();
@@ -146,7 +166,8 @@ ThreadPool& pool() {
 }
 
 // Random fp16 activations [n, cols] and their exact fp32 values.
-void random_x(int n, int cols, std::mt19937& rng, std::vector<uint16_t>& x16, std::vector<float>& x32) {
+void random_x(int n, int cols, std::mt19937& rng, std::vector<uint16_t>& x16,
+              std::vector<float>& x32) {
   std::normal_distribution<float> nd;
   x16.resize(size_t(n) * cols);
   x32.resize(x16.size());
@@ -193,8 +214,8 @@ double check_case(TestMatrix& m, int n, std::mt19937& rng, const std::string& wh
     const double err = std::fabs(double(y[i]) - ref[i]);
     if (!(err <= kRelTol * scale[i] + kAbsTol)) {
       if (bad++ < 10)
-        ADD_FAILURE() << what << ": token " << i / m.rows << " row " << i % m.rows << ": gpu " << y[i]
-                      << " cpu " << ref[i] << " (sum|wx| " << scale[i] << ")";
+        ADD_FAILURE() << what << ": token " << i / m.rows << " row " << i % m.rows << ": gpu "
+                      << y[i] << " cpu " << ref[i] << " (sum|wx| " << scale[i] << ")";
     } else {
       worst = std::max(worst, err / (scale[i] + 1e-30));
     }
@@ -204,11 +225,12 @@ double check_case(TestMatrix& m, int n, std::mt19937& rng, const std::string& wh
 }
 
 std::string case_name(int rows, int cols, int bits, Outliers o, int n) {
-  return std::to_string(rows) + "x" + std::to_string(cols) + " bits " + std::to_string(bits) + " outliers " +
-         outliers_name(o) + " tokens " + std::to_string(n);
+  return std::to_string(rows) + "x" + std::to_string(cols) + " bits " + std::to_string(bits) +
+         " outliers " + outliers_name(o) + " tokens " + std::to_string(n);
 }
 
-const Outliers kPatterns[] = {Outliers::NONE, Outliers::ONE_PER_ROW, Outliers::MANY, Outliers::FULL_ROW};
+const Outliers kPatterns[] = {Outliers::NONE, Outliers::ONE_PER_ROW, Outliers::MANY,
+                              Outliers::FULL_ROW};
 
 // First in the file: under ctest each test is its own process, so this is the very first
 // lut_gemm_cuda call of the process, made inside a (global-mode) stream capture.
@@ -239,7 +261,8 @@ TEST(LutGemmCuda, FirstCallInsideGraphCapture) {
     const std::vector<float> y = d_y.download();
     const std::vector<double> scale = abs_scale(m.host, x32, n);
     for (size_t i = 0; i < y.size(); i++)
-      ASSERT_LE(std::fabs(double(y[i]) - ref[i]), kRelTol * scale[i] + kAbsTol) << "tokens " << n << " i " << i;
+      ASSERT_LE(std::fabs(double(y[i]) - ref[i]), kRelTol * scale[i] + kAbsTol)
+          << "tokens " << n << " i " << i;
     CUDA_CHECK(cudaGraphExecDestroy(exec));
     CUDA_CHECK(cudaGraphDestroy(graph));
     CUDA_CHECK(cudaStreamDestroy(stream));
@@ -252,7 +275,8 @@ TEST(LutGemmCuda, OddShapesEveryPath) {
     int rows, cols;
     bool medium;  // also run 512 tokens
   };
-  const Shape shapes[] = {{1, 1, false}, {7, 13, false}, {33, 129, false}, {130, 257, true}, {64, 1000, true}};
+  const Shape shapes[] = {
+      {1, 1, false}, {7, 13, false}, {33, 129, false}, {130, 257, true}, {64, 1000, true}};
   std::mt19937 rng(1);
   double worst = 0;
   for (int bits : {2, 3, 4})
@@ -288,22 +312,26 @@ TEST(LutGemmCuda, Llama7bShapes) {
   {
     TestMatrix m(4096, 4096, 3, Outliers::REALISTIC, rng);
     for (int n : {1, 8, 16, 17, 64})
-      worst = std::max(worst, check_case(m, n, rng, case_name(4096, 4096, 3, Outliers::REALISTIC, n)));
+      worst =
+          std::max(worst, check_case(m, n, rng, case_name(4096, 4096, 3, Outliers::REALISTIC, n)));
   }
   {
     TestMatrix m(11008, 4096, 4, Outliers::REALISTIC, rng);
     for (int n : {1, 3, 16, 64})
-      worst = std::max(worst, check_case(m, n, rng, case_name(11008, 4096, 4, Outliers::REALISTIC, n)));
+      worst =
+          std::max(worst, check_case(m, n, rng, case_name(11008, 4096, 4, Outliers::REALISTIC, n)));
   }
   {
     TestMatrix m(4096, 11008, 3, Outliers::FULL_ROW, rng);
     for (int n : {1, 8, 16, 17})
-      worst = std::max(worst, check_case(m, n, rng, case_name(4096, 11008, 3, Outliers::FULL_ROW, n)));
+      worst =
+          std::max(worst, check_case(m, n, rng, case_name(4096, 11008, 3, Outliers::FULL_ROW, n)));
   }
   {
     TestMatrix m(4096, 11008, 4, Outliers::REALISTIC, rng);
     for (int n : {2, 12})
-      worst = std::max(worst, check_case(m, n, rng, case_name(4096, 11008, 4, Outliers::REALISTIC, n)));
+      worst =
+          std::max(worst, check_case(m, n, rng, case_name(4096, 11008, 4, Outliers::REALISTIC, n)));
   }
   std::printf("largest |err| / sum|wx|: %.3g\n", worst);
 }
@@ -326,7 +354,8 @@ TEST(LutGemmCuda, UnsortedOutlierColumns) {
   std::mt19937 rng(4);
   for (int bits : {3, 4}) {
     TestMatrix m(200, 1000, bits, Outliers::MANY, rng, /*unsorted=*/true);
-    for (int n : {1, 16, 17, 300}) check_case(m, n, rng, case_name(200, 1000, bits, Outliers::MANY, n) + " unsorted");
+    for (int n : {1, 16, 17, 300})
+      check_case(m, n, rng, case_name(200, 1000, bits, Outliers::MANY, n) + " unsorted");
   }
 }
 
@@ -351,7 +380,8 @@ TEST(LutGemmCuda, UnalignedActivations) {
     const std::vector<float> y = d_y.download();
     const std::vector<double> scale = abs_scale(m.host, x32, n);
     for (size_t i = 0; i < y.size(); i++)
-      ASSERT_LE(std::fabs(double(y[i]) - ref[i]), kRelTol * scale[i] + kAbsTol) << "tokens " << n << " i " << i;
+      ASSERT_LE(std::fabs(double(y[i]) - ref[i]), kRelTol * scale[i] + kAbsTol)
+          << "tokens " << n << " i " << i;
   }
 }
 
@@ -384,6 +414,77 @@ TEST(LutGemmCuda, RejectsBadArguments) {
   EXPECT_THROW(lut_gemm_cuda(w, d_x.p, 1, d_y.p, nullptr), std::invalid_argument);
 }
 
+// ---- fusions (LutGemmFusion) ----------------------------------------------------------
+
+// Runs lut_gemm_cuda with fusion f (y pre-filled with y_init) and returns y, or swiglu_out.
+std::vector<float> run_fused(const TestMatrix& m, const uint16_t* d_x, int n,
+                             const LutGemmFusion& f, const std::vector<float>& y_init) {
+  DeviceBuf<float> d_y(y_init);
+  lut_gemm_cuda(m.dev, d_x, n, d_y.p, nullptr, f);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  return d_y.download();
+}
+
+// Residual add: y = y0 + W x, bit for bit the unfused result added to y0.
+TEST(LutGemmFusion, AccumulateIntoY) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(22);
+  for (int n : {1, 6, 11}) {
+    TestMatrix m(333, 1000, 3, Outliers::MANY, rng);
+    std::vector<uint16_t> x16;
+    std::vector<float> x32, y0(size_t(n) * m.rows);
+    random_x(n, m.cols, rng, x16, x32);
+    std::normal_distribution<float> nd;
+    for (auto& v : y0) v = nd(rng);
+    DeviceBuf<uint16_t> d_x(x16);
+    const std::vector<float> plain = run_fused(m, d_x.p, n, LutGemmFusion{}, y0);
+    LutGemmFusion f;
+    f.accumulate = true;
+    const std::vector<float> acc = run_fused(m, d_x.p, n, f, y0);
+    for (size_t i = 0; i < y0.size(); i++)
+      ASSERT_EQ(acc[i], y0[i] + plain[i]) << "n " << n << " i " << i;
+  }
+}
+
+// SwiGLU of gate/up rows interleaved by 8: bit for bit swiglu_cuda of the unfused output.
+TEST(LutGemmFusion, SwigluOutput) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(23);
+  for (int n : {1, 7, 13}) {
+    SCOPED_TRACE("n " + std::to_string(n));
+    const int hidden = 8 * 45;
+    TestMatrix m(2 * hidden, 1000, 3, Outliers::MANY, rng);
+    std::vector<uint16_t> x16;
+    std::vector<float> x32;
+    random_x(n, m.cols, rng, x16, x32);
+    DeviceBuf<uint16_t> d_x(x16);
+    DeviceBuf<float> d_y(size_t(n) * m.rows);
+    lut_gemm_cuda(m.dev, d_x.p, n, d_y.p, nullptr);
+    DeviceBuf<uint16_t> want(size_t(n) * hidden), got(size_t(n) * hidden);
+    swiglu_cuda(d_y.p, n, hidden, 8, want.p, nullptr);
+    CUDA_CHECK(cudaMemset(got.p, 0xff, got.n * 2));
+    LutGemmFusion f;
+    f.swiglu_out = got.p;
+    lut_gemm_cuda(m.dev, d_x.p, n, nullptr, nullptr, f);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    EXPECT_EQ(got.download(), want.download());
+  }
+}
+
+TEST(LutGemmFusion, RejectsBadArguments) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(24);
+  TestMatrix m(40, 128, 3, Outliers::NONE, rng);
+  DeviceBuf<uint16_t> d_x(size_t(17) * 128), d_h(size_t(17) * 20);
+  DeviceBuf<float> d_y(size_t(17) * 40);
+  LutGemmFusion acc;
+  acc.accumulate = true;  // 17 tokens: not the GEMV
+  EXPECT_THROW(lut_gemm_cuda(m.dev, d_x.p, 17, d_y.p, nullptr, acc), std::invalid_argument);
+  LutGemmFusion sw;
+  sw.swiglu_out = d_h.p;  // 40 rows: not a multiple of 16
+  EXPECT_THROW(lut_gemm_cuda(m.dev, d_x.p, 1, d_y.p, nullptr, sw), std::invalid_argument);
+}
+
 // lut_dequant_cuda: every element equals f32_to_f16 of the CPU row (LUT value + outliers in
 // fp32), bit for bit. `offset` (elements) shifts the output off 16-byte alignment, which
 // forces the scalar stores; a guard element on each side must stay untouched.
@@ -405,8 +506,8 @@ void check_dequant(const TestMatrix& m, int offset, const std::string& what) {
     for (int c = 0; c < m.cols; c++) {
       const uint16_t want = f32_to_f16(row[c]), got = out[offset + size_t(r) * m.cols + c];
       if (got != want && bad++ < 10) {
-        ADD_FAILURE() << what << ": row " << r << " col " << c << ": gpu 0x" << std::hex << got << " cpu 0x"
-                      << want << std::dec;
+        ADD_FAILURE() << what << ": row " << r << " col " << c << ": gpu 0x" << std::hex << got
+                      << " cpu 0x" << want << std::dec;
       }
     }
   }
@@ -415,14 +516,15 @@ void check_dequant(const TestMatrix& m, int offset, const std::string& what) {
 
 TEST(LutDequantCuda, MatchesCpuBitForBit) {
   SKIP_WITHOUT_GPU();
-  const std::pair<int, int> shapes[] = {{1, 1}, {7, 13}, {33, 129}, {130, 257}, {64, 1000}, {5, 4096}, {3, 11008}};
+  const std::pair<int, int> shapes[] = {{1, 1},     {7, 13},   {33, 129}, {130, 257},
+                                        {64, 1000}, {5, 4096}, {3, 11008}};
   std::mt19937 rng(8);
   for (int bits : {2, 3, 4})
     for (auto [rows, cols] : shapes)
       for (Outliers o : kPatterns) {
         TestMatrix m(rows, cols, bits, o, rng);
-        const std::string what = std::to_string(rows) + "x" + std::to_string(cols) + " bits " + std::to_string(bits) +
-                                 " outliers " + outliers_name(o);
+        const std::string what = std::to_string(rows) + "x" + std::to_string(cols) + " bits " +
+                                 std::to_string(bits) + " outliers " + outliers_name(o);
         check_dequant(m, 0, what);
         check_dequant(m, 3, what + " unaligned");
       }
