@@ -30,12 +30,12 @@ inline std::vector<float> as_f32(const TensorView& t) {
   return v;
 }
 
-// Fraction of the top `frac` entries of ref that are also among the top of got.
-inline double top_overlap(const std::vector<float>& got, const std::vector<float>& ref, double frac) {
-  const size_t k = std::max<size_t>(1, size_t(std::ceil(frac * ref.size())));
-  auto top = [&](const std::vector<float>& v) {
-    std::vector<size_t> idx(v.size());
-    for (size_t i = 0; i < idx.size(); i++) idx[i] = i;
+// Fraction of the top `frac` entries of ref[0, n) that are also among the top of got[0, n).
+inline double top_overlap(const float* got, const float* ref, size_t n, double frac) {
+  const size_t k = std::max<size_t>(1, size_t(std::ceil(frac * n)));
+  auto top = [&](const float* v) {
+    std::vector<size_t> idx(n);
+    for (size_t i = 0; i < n; i++) idx[i] = i;
     std::nth_element(idx.begin(), idx.begin() + (k - 1), idx.end(),
                      [&](size_t a, size_t b) { return v[a] > v[b]; });
     return std::set<size_t>(idx.begin(), idx.begin() + k);
@@ -74,11 +74,13 @@ inline void compare_with_reference(const std::string& device, int n, int L,
   o.samples_path = test::temp_path("samples.i32");
   const auto t0 = std::chrono::steady_clock::now();
   CalibrateResult res = calibrate(o, nullptr);
-  const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::printf("doc-llama-26m %dx%d on %s: %lld text tokens, mean loss %.6f (reference %.6f), "
-              "forward+backward %.2f s (%.3f s/sample), %.2f s with loading and tokenizing\n",
-              n, L, device.c_str(), (long long)res.n_text_tokens, res.mean_loss, ref_mean_loss, res.seconds,
-              res.seconds / n, total_s);
+  const double total_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf(
+      "doc-llama-26m %dx%d on %s: %lld text tokens, mean loss %.6f (reference %.6f), "
+      "forward+backward %.2f s (%.3f s/sample), %.2f s with loading and tokenizing\n",
+      n, L, device.c_str(), (long long)res.n_text_tokens, res.mean_loss, ref_mean_loss, res.seconds,
+      res.seconds / n, total_s);
   EXPECT_EQ(res.n_text_tokens, 339713);
   EXPECT_NEAR(res.mean_loss, ref_mean_loss, 1e-4);
 
@@ -101,18 +103,21 @@ inline void compare_with_reference(const std::string& device, int n, int L,
       num += (double(f[i]) - fr[i]) * (double(f[i]) - fr[i]);
       den += double(fr[i]) * fr[i];
     }
-    const double err = std::sqrt(num / den), ov = top_overlap(f, fr, 0.0005);
+    const double err = std::sqrt(num / den),
+                 ov = top_overlap(f.data(), fr.data(), f.size(), 0.0005);
     if (err > worst_err) worst_err = err, worst_err_name = kv.first;
-    if (ov < worst_overlap || worst_overlap_name.empty()) worst_overlap = ov, worst_overlap_name = kv.first;
+    if (ov < worst_overlap || worst_overlap_name.empty())
+      worst_overlap = ov, worst_overlap_name = kv.first;
     EXPECT_LE(err, max_rel_err) << kv.first;
     if (min_overlap > 0) {
       EXPECT_GE(ov, min_overlap) << kv.first;
     }
     compared++;
   }
-  std::printf("compared %d tensors: worst relative error %.3e (%s), worst top-0.05%% overlap "
-              "%.1f%% (%s)\n", compared, worst_err, worst_err_name.c_str(), 100 * worst_overlap,
-              worst_overlap_name.c_str());
+  std::printf(
+      "compared %d tensors: worst relative error %.3e (%s), worst top-0.05%% overlap "
+      "%.1f%% (%s)\n",
+      compared, worst_err, worst_err_name.c_str(), 100 * worst_overlap, worst_overlap_name.c_str());
   std::remove(o.output_path.c_str());
   std::remove(o.samples_path.c_str());
 }

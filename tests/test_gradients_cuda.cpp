@@ -23,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include "calib_reference.h"
+#include "cuda_test_util.h"
 #include "engine/engine.h"
 #include "engine/gradients.h"
 #include "kernels/attention_backward.h"
@@ -37,8 +39,6 @@
 #include "kernels/swiglu_backward.h"
 #include "model/model.h"
 #include "quantize/calibrate.h"
-#include "calib_reference.h"
-#include "cuda_test_util.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -337,22 +337,6 @@ TEST(AttentionBackwardCuda, ForwardAndBackwardGqaOddShapes) {
 
 // ---- whole models: GPU vs CPU backend --------------------------------------------------------
 
-// Fraction of the top `frac` entries of ref that are also among the top of got.
-double top_overlap(const float* got, const float* ref, size_t n, double frac) {
-  const size_t k = std::max<size_t>(1, size_t(std::ceil(frac * n)));
-  auto top = [&](const float* v) {
-    std::vector<size_t> idx(n);
-    for (size_t i = 0; i < n; i++) idx[i] = i;
-    std::nth_element(idx.begin(), idx.begin() + (k - 1), idx.end(),
-                     [&](size_t a, size_t b) { return v[a] > v[b]; });
-    return std::set<size_t>(idx.begin(), idx.begin() + k);
-  };
-  const auto a = top(got), b = top(ref);
-  size_t common = 0;
-  for (size_t i : a) common += b.count(i);
-  return double(common) / k;
-}
-
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -388,7 +372,7 @@ void compare_backends(const Model& m, const std::vector<int32_t>& samples, int n
       const float* fg = gpu->fisher(l, i);
       const std::string name = w.name;
       const double err = rel_err(fg, fc, n);
-      const double ov = top_overlap(fg, fc, n, kTopFrac);
+      const double ov = test::top_overlap(fg, fc, n, kTopFrac);
       if (err > worst_err || worst_err_name.empty()) worst_err = err, worst_err_name = name;
       if (ov < worst_overlap || worst_overlap_name.empty())
         worst_overlap = ov, worst_overlap_name = name;
@@ -511,15 +495,15 @@ TEST(CudaGradients, Stories260KTf32Option) {
 // (d) The GPU against the PyTorch references directly (the brief's checks, on the GPU).
 TEST(CudaGradients, DocLlamaMatchesPyTorch8x256) {
   SQZ_REQUIRE_GPU();
-  test::compare_with_reference("cuda", 8, 256, "grads-8x256.safetensors", "samples-8x256.i32",
-                               1e-3, 0.95, 3.234225034713745);
+  test::compare_with_reference("cuda", 8, 256, "grads-8x256.safetensors", "samples-8x256.i32", 1e-3,
+                               0.95, 3.234225034713745);
 }
 
 TEST(CudaGradients, DocLlamaMatchesPyTorch100x512) {
   SQZ_REQUIRE_GPU();
   // BF16 reference (its rounding alone: up to 1.8e-3 relative), all 42 tensors.
-  test::compare_with_reference("cuda", 100, 512, "grads-100x512.safetensors",
-                               "samples-100x512.i32", 1e-2, 0.0, 2.362702262401581);
+  test::compare_with_reference("cuda", 100, 512, "grads-100x512.safetensors", "samples-100x512.i32",
+                               1e-2, 0.0, 2.362702262401581);
 }
 
 }  // namespace
