@@ -3,6 +3,7 @@
 #include "kernels/lut_dequant.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "kernels/half.h"
 #include "kernels/packed_layout.h"
@@ -21,15 +22,27 @@ static void decode_unit(const uint8_t* unit, int bits, const float* lut, int n, 
         float* d = o + 32 * q + 8 * j;
         for (int k = 0; k < 8; k++, v >>= 4) d[k] = lut[v & 15];
       }
-  } else {
+  } else if (bits == 2) {
     for (int q = 0; q < 2; q++)
       for (int j = 0; j < 4; j++) {
-        uint32_t lo = packed_lane(unit, q, j);
-        const int c0 = 64 * q + 16 * j;
-        // the high bits of columns c0..c0+15: bits (c0 % 32)..+15 of lane c0 / 32 of word 2
-        uint32_t hi = bits == 3 ? packed_lane(unit, 2, c0 / 32) >> (c0 % 32) : 0;
-        for (int k = 0; k < 16; k++, lo >>= 2, hi >>= 1) o[c0 + k] = lut[(lo & 3) | (hi & 1) << 2];
+        uint32_t v = packed_lane(unit, q, j);
+        float* d = o + 64 * q + 16 * j;
+        for (int k = 0; k < 16; k++, v >>= 2) d[k] = lut[v & 3];
       }
+  } else {
+    for (int q = 0; q < 4; q++) {
+      uint32_t l[3];
+      for (int s = 0; s < 3; s++) std::memcpy(&l[s], unit + packed3_lane_offset(q, s), 4);
+      float* d = o + 32 * q;
+      for (int k = 0; k < 8; k++) {
+        const int sh = 4 * k;
+        d[2 * k] = lut[l[0] >> sh & 7];
+        d[2 * k + 1] = lut[l[1] >> sh & 7];
+        d[16 + 2 * k] = lut[l[2] >> sh & 7];
+        d[17 + 2 * k] = lut[(l[0] >> (sh + 3) & 1) | (l[1] >> (sh + 3) & 1) << 1 |
+                            (l[2] >> (sh + 3) & 1) << 2];
+      }
+    }
   }
   if (o != out) std::copy_n(tmp, n, out);
 }

@@ -3,8 +3,8 @@
 // per weight) and writes 2 bytes per weight, so the decode is plain shifts and a shared-memory
 // LUT; the tricks of lut_gemv.cu are not needed here.
 //
-// One 128-thread block per row. Thread i decodes 16-column groups i, i + 128, ... (for 3/2
-// bits one 32-bit lane of low bits plus 16 high bits, for 4 bits two lanes; the bit layout is
+// One 128-thread block per row. Thread i decodes 16-column groups i, i + 128, ... (2 bits: one
+// 32-bit lane, 3 bits: the three lanes of the quarter, 4 bits: two lanes; the bit layout is
 // drawn in kernels/packed_layout.h) and writes them as two 16-byte stores when the row allows
 // it. After a barrier the block walks the row's CSR entries: w = fp16(float(D) + float(S)),
 // which is lut_decode_row's fp32 sum rounded to nearest even (D is an fp16 LUT value, and the
@@ -58,14 +58,24 @@ __global__ void __launch_bounds__(kThreads)
         for (int k = 0; k < 4; k++, v >>= 8)
           h[4 * l + k] = lut[v & 15] | uint32_t(lut[(v >> 4) & 15]) << 16;
       }
-    } else {
-      // low bits: word within / 4, lane within % 4; high bits (3-bit): bits 16 (within % 2)..+15
-      // of lane within / 2 of word 2
-      uint32_t lo = lane_u32(unit + (within / 4) * 16 + (within % 4) * 4);
-      uint32_t hi = BITS == 3 ? lane_u32(unit + 32 + (within / 2) * 4) >> (16 * (within % 2)) : 0;
+    } else if (BITS == 2) {
+      // word within / 4, lane within % 4: 16 columns, 2 bits each
+      uint32_t v = lane_u32(unit + (within / 4) * 16 + (within % 4) * 4);
 #pragma unroll
-      for (int k = 0; k < 8; k++, lo >>= 4, hi >>= 2)
-        h[k] = lut[(lo & 3) | (hi & 1) << 2] | uint32_t(lut[((lo >> 2) & 3) | (hi & 2) << 1]) << 16;
+      for (int k = 0; k < 8; k++, v >>= 4) h[k] = lut[v & 3] | uint32_t(lut[(v >> 2) & 3]) << 16;
+    } else {
+      // quarter within / 2, half within % 2: the first half's even and odd columns are lanes
+      // A and B; the second half's even columns lane C, its odd ones the msbs of A, B, C
+      const int q = within / 2;
+      const uint32_t a = lane_u32(unit + 8 * q), b = lane_u32(unit + 8 * q + 4),
+                     c = lane_u32(unit + 32 + 4 * q);
+      uint32_t ev = within % 2 ? c : a;
+      uint32_t od = within % 2 ? ((a >> 3) & 0x11111111u) | ((b >> 2) & 0x22222222u) |
+                                     ((c >> 1) & 0x44444444u)
+                               : b;
+#pragma unroll
+      for (int k = 0; k < 8; k++, ev >>= 4, od >>= 4)
+        h[k] = lut[ev & 7] | uint32_t(lut[od & 7]) << 16;
     }
     const int c0 = 16 * g;
     if (vec && c0 + 16 <= w.cols) {

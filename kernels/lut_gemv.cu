@@ -14,12 +14,13 @@
 // selector of four 3-bit nibbles looks up four entries' low bytes in lo[0..1], a second their
 // high bytes, and two more PRMTs interleave them into two half2 registers: 4 instructions for
 // 4 weights. 4 bits needs a second table pair (entries 8..15) and a select by bit 3 of each
-// index, done with a sign-replicating PRMT mask and a LOP3. The 3-bit selectors are built
-// from the packed layout (kernels/packed_layout.h) with a 2x bit spread of the high-bit word.
+// index, done with a sign-replicating PRMT mask and a LOP3. The 3-bit layout
+// (kernels/packed_layout.h) is made for this: three masks give 24 selectors, three shifts
+// and masks the other 8.
 //
 // A quarter of a 128-column unit (columns 32q..32q+31 of the unit) is the decoding grain: for
-// 4 bits it is word q, for 3 bits bytes [8q, 8q+8) (low bits) and [32+4q, 32+4q+4) (high
-// bits), for 2 bits bytes [8q, 8q+8). It yields 16 half2 "pairs" in decode order: pair 2m and
+// 4 bits it is word q, for 3 bits bytes [8q, 8q+8) (lanes A, B) and [32+4q, 32+4q+4)
+// (lane C), for 2 bits bytes [8q, 8q+8). It yields 16 half2 "pairs" in decode order: pair 2m and
 // 2m+1 (m = 0..7) are the two k-pairs of one m16n8k16 A fragment row. Columns of pair 2m+s,
 // element e (quarter-relative):
 //   4 bits:      4m + 2s + e                     (natural order)
@@ -209,14 +210,6 @@ SQZ_HD void lookup4_16(uint32_t sel, uint32_t m, const LutPlanes<4>& l, uint32_t
   b = prmt(lo, hi, 0x7362);
 }
 
-// Bit i of a 16-bit value held as bytes [0, b1, 0, b0] -> bit 2i.
-SQZ_HD uint32_t spread_bits(uint32_t x) {
-  x = (x | (x << 4)) & 0x0F0F0F0Fu;
-  x = (x | (x << 2)) & 0x33333333u;
-  x = (x | (x << 1)) & 0x55555555u;
-  return x;
-}
-
 // One quarter-unit -> 16 half2 pairs in decode order (see the top of the file).
 template <int BITS>
 SQZ_HD void decode_quarter(const uint32_t (&w)[kQuarterWords<BITS>], const LutPlanes<BITS>& l,
@@ -231,21 +224,23 @@ SQZ_HD void decode_quarter(const uint32_t (&w)[kQuarterWords<BITS>], const LutPl
       lookup4_16(s >> 16, m1, l, p[4 * j + 2], p[4 * j + 3]);
     }
   } else {
-    constexpr uint32_t kLow2 = 0x33333333u;  // bits 0-1 of every nibble
+    // Selectors of four 8-column groups, nibble k = column 2k (+1, +16, +17):
+    uint32_t sel[4];
+    if constexpr (BITS == 3) {  // lanes A, B, C (kernels/packed_layout.h)
+      constexpr uint32_t kLow3 = 0x77777777u;
+      sel[0] = w[0] & kLow3, sel[1] = w[1] & kLow3, sel[2] = w[2] & kLow3;
+      // columns 17 + 2k: bit b of the index is the msb of nibble k of lane b
+      sel[3] = ((w[0] >> 3) & 0x11111111u) | ((w[1] >> 2) & 0x22222222u) |
+               ((w[2] >> 1) & 0x44444444u);
+    } else {  // 2 bits: low lane h = columns 16h..16h+15, 2 bits each
+      constexpr uint32_t kLow2 = 0x33333333u;
+      sel[0] = w[0] & kLow2, sel[1] = (w[0] >> 2) & kLow2;
+      sel[2] = w[1] & kLow2, sel[3] = (w[1] >> 2) & kLow2;
+    }
     SQZ_UNROLL
-    for (int h = 0; h < 2; h++) {  // low lane h: columns 16h..16h+15, 2 bits each
-      const uint32_t v = w[h];
-      uint32_t se = v & kLow2, so = (v >> 2) & kLow2;  // nibble k: column 2k / 2k+1
-      if constexpr (BITS == 3) {
-        // high bit of column i of this half -> bit 2i; then into bit 2 of the nibbles
-        const uint32_t s = spread_bits(prmt(w[2], 0u, h ? 0x4342 : 0x4140));
-        se |= (s << 2) & ~kLow2;
-        so |= s & ~kLow2;
-      }
-      lookup4_small<BITS>(se, l, p[8 * h + 0], p[8 * h + 1]);        // columns 0 2 | 4 6
-      lookup4_small<BITS>(se >> 16, l, p[8 * h + 2], p[8 * h + 3]);  // 8 10 | 12 14
-      lookup4_small<BITS>(so, l, p[8 * h + 4], p[8 * h + 5]);        // 1 3 | 5 7
-      lookup4_small<BITS>(so >> 16, l, p[8 * h + 6], p[8 * h + 7]);  // 9 11 | 13 15
+    for (int i = 0; i < 4; i++) {  // i: even 0..14, odd 1..15, even 16..30, odd 17..31
+      lookup4_small<BITS>(sel[i], l, p[4 * i + 0], p[4 * i + 1]);        // columns 0 2 | 4 6
+      lookup4_small<BITS>(sel[i] >> 16, l, p[4 * i + 2], p[4 * i + 3]);  // 8 10 | 12 14
     }
   }
 }

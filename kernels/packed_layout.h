@@ -1,23 +1,28 @@
 // Bit layout of packed SqueezeLLM indices, shared by the packer (quantize/), the CPU
-// reference and the CUDA kernels.
+// reference and the CUDA kernels (format version 2; model/packed.h).
 //
 // Each row is cut into units of 128 columns (the last unit padded with index 0; padded
 // columns are never used), so row_bytes = ceil(cols / 128) * 16 * b: a unit is b aligned
 // 16-byte words, one coalesced uint4 load each. Lane j of a word is the little-endian u32 at
-// byte 4j of that word.
+// byte 4j of that word. Quarter q of a unit is its columns 32q..32q+31.
 //
-//   4 bits: words 0..3; word q holds columns 32q..32q+31; lane j holds 8 nibbles:
+//   4 bits: words 0..3; word q holds quarter q; lane j holds 8 nibbles:
 //             lane j = [c+7][c+6][c+5][c+4][c+3][c+2][c+1][c+0]    c = 32q + 8j, msb left
 //
-//   3 bits: words 0..1 hold the low 2 bits, word 2 the high bit:
-//             word q (0..1), lane j = [c+15] ... [c+1][c+0]  2 bits each,  c = 64q + 16j
-//             word 2,        lane j = [c+31] ... [c+1][c+0]  1 bit each,   c = 32j
+//   3 bits: quarter q is three lanes, A = lane 2q % 4 and B = lane 2q % 4 + 1 of word q / 2,
+//           C = lane q of word 2. Each holds 8 nibbles; a nibble's low 3 bits are one index
+//           and its msb one bit of a fourth group of 8 columns (c = 32q, k = 0..7 is the
+//           nibble, from the lsb):
+//             A nibble k = [bit 0 of c+17+2k][index of c+2k   ]
+//             B nibble k = [bit 1 of c+17+2k][index of c+2k+1 ]
+//             C nibble k = [bit 2 of c+17+2k][index of c+16+2k]
+//           so A & 0x77777777 is a ready byte-permute selector of the even columns 0..14 of
+//           the quarter, B & .. of the odd ones 1..15, C & .. of 16..30, and three shifts
+//           and masks gather 17..31 (kernels/lut_gemv.cu). (Format version 1 had 2-bit
+//           low planes and a 1-bit high plane; its files are refused with a message.)
 //
-//   2 bits: words 0..1 laid out like the 3-bit low words.
-//
-// So a lane always covers consecutive columns, a 4-bit pair (c, c+1) with c even is one
-// byte, and a 3-bit pair's low bits are one nibble with its high bits two adjacent bits:
-// the pair-table kernels rely on that.
+//   2 bits: words 0..1; word q (0..1), lane j = [c+15] ... [c+1][c+0] 2 bits each,
+//           c = 64q + 16j.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -36,13 +41,34 @@ inline uint32_t packed_lane(const uint8_t* unit, int word, int lane) {
   return v;
 }
 
+// 3 bits: byte offset within the unit of lane A (s = 0), B (1) or C (2) of quarter q.
+inline int packed3_lane_offset(int q, int s) { return s == 2 ? 32 + 4 * q : 8 * q + 4 * s; }
+
+// 3 bits: where column i (0..31) of a quarter lives: the index's low 3 bits in nibble `nib`
+// of lane `s`, or (s == -1) bit b of the index in the msb of nibble `nib` of lane b.
+struct Packed3Pos {
+  int s, nib;
+};
+inline Packed3Pos packed3_pos(int i) {
+  if (i < 16) return {i & 1, i >> 1};
+  return {(i & 1) ? -1 : 2, (i - 16) >> 1};
+}
+
 // Index of column c (0..127) within one unit.
 inline int unpack_unit_index(const uint8_t* unit, int bits, int c) {
   if (bits == 4) return (packed_lane(unit, c / 32, (c / 8) % 4) >> (4 * (c % 8))) & 15;
-  int lo = (packed_lane(unit, c / 64, (c / 16) % 4) >> (2 * (c % 16))) & 3;
-  if (bits == 2) return lo;
-  int hi = (packed_lane(unit, 2, c / 32) >> (c % 32)) & 1;
-  return lo | hi << 2;
+  if (bits == 2) return (packed_lane(unit, c / 64, (c / 16) % 4) >> (2 * (c % 16))) & 3;
+  const int q = c / 32;
+  const Packed3Pos p = packed3_pos(c % 32);
+  auto lane = [&](int s) {
+    uint32_t v;
+    std::memcpy(&v, unit + packed3_lane_offset(q, s), 4);
+    return v;
+  };
+  if (p.s >= 0) return (lane(p.s) >> (4 * p.nib)) & 7;
+  int v = 0;
+  for (int b = 0; b < 3; b++) v |= int(lane(b) >> (4 * p.nib + 3) & 1) << b;
+  return v;
 }
 
 // Unpacks one row of `cols` indices.
@@ -55,25 +81,30 @@ inline void unpack_row(const uint8_t* row, int cols, int bits, uint8_t* idx) {
 inline void pack_indices(const uint8_t* idx, int rows, int cols, int bits, uint8_t* out) {
   const int64_t rb = packed_row_bytes(cols, bits);
   std::memset(out, 0, size_t(rb) * rows);
+  auto or_lane = [](uint8_t* p, uint32_t v) {
+    uint32_t lane;
+    std::memcpy(&lane, p, 4);
+    lane |= v;
+    std::memcpy(p, &lane, 4);
+  };
   for (int r = 0; r < rows; r++) {
     uint8_t* row = out + r * rb;
     for (int c = 0; c < cols; c++) {
       uint8_t* unit = row + (c / kUnitCols) * 16 * bits;
-      int u = c % kUnitCols, v = idx[int64_t(r) * cols + c];
-      uint32_t lane;
-      int word, li, shift;
+      const int u = c % kUnitCols;
+      const uint32_t v = idx[int64_t(r) * cols + c];
       if (bits == 4) {
-        word = u / 32, li = (u / 8) % 4, shift = 4 * (u % 8);
+        or_lane(unit + (u / 32) * 16 + ((u / 8) % 4) * 4, v << (4 * (u % 8)));
+      } else if (bits == 2) {
+        or_lane(unit + (u / 64) * 16 + ((u / 16) % 4) * 4, v << (2 * (u % 16)));
       } else {
-        word = u / 64, li = (u / 16) % 4, shift = 2 * (u % 16);
-      }
-      std::memcpy(&lane, unit + word * 16 + li * 4, 4);
-      lane |= uint32_t(bits == 4 ? v : (v & 3)) << shift;
-      std::memcpy(unit + word * 16 + li * 4, &lane, 4);
-      if (bits == 3) {
-        std::memcpy(&lane, unit + 32 + (u / 32) * 4, 4);
-        lane |= uint32_t(v >> 2) << (u % 32);
-        std::memcpy(unit + 32 + (u / 32) * 4, &lane, 4);
+        const Packed3Pos p = packed3_pos(u % 32);
+        if (p.s >= 0) {
+          or_lane(unit + packed3_lane_offset(u / 32, p.s), v << (4 * p.nib));
+        } else {
+          for (int b = 0; b < 3; b++)
+            or_lane(unit + packed3_lane_offset(u / 32, b), (v >> b & 1) << (4 * p.nib + 3));
+        }
       }
     }
   }

@@ -34,6 +34,7 @@ void linear_shape(const Config& c, int i, int* rows, int* cols) {
 struct Reader {
   const SafeTensorsFile& f;
   const std::string& path;
+  int version;                         // sqz.format_version
   mutable std::set<std::string> used;  // names read, to reject unknown tensors
 
   [[noreturn]] void fail(const std::string& tensor, const std::string& what) const {
@@ -85,6 +86,11 @@ LinearWeight read_linear(const Reader& rd, const std::string& base, int rows, in
     rd.fail(lut.name, "LUT has " + std::to_string(lut.shape[1]) +
                           " entries per row, expected 2^bits for bits 2, 3 or 4 (4, 8 or 16)");
   rd.finite_f16(lut);
+  if (bits == 3 && rd.version == 1)
+    rd.fail(base + ".indices",
+            "3-bit indices in the format-version-1 bit layout, which this sqz no longer reads "
+            "(version " + std::to_string(kPackedFormatVersion) +
+                " changed it); quantize the model again with this sqz");
   const int64_t rb = packed_file_row_bytes(cols, bits);
   const TensorView& idx = rd.get(base + ".indices", DType::U8, {rows, rb});
   const TensorView& rp = rd.get(base + ".row_ptr", DType::I32, {int64_t(rows) + 1});
@@ -135,10 +141,14 @@ Model load_packed(const std::string& path) {
       throw format_error(path + ": metadata key '" + key + "' is missing (not a packed .sqz file?)");
     return it->second;
   };
+  // Version 1 differs only in the 3-bit index layout: its 4- and 2-bit files are read as they
+  // are, its 3-bit linears refused with a message (read_linear).
   const std::string& ver = meta("sqz.format_version");
-  if (ver != std::to_string(kPackedFormatVersion))
-    throw format_error(path + ": packed format version '" + ver + "', this sqz reads version " +
-                       std::to_string(kPackedFormatVersion) +
+  const std::string current = std::to_string(kPackedFormatVersion);
+  const int version = ver == "1" ? 1 : ver == current ? kPackedFormatVersion : 0;
+  if (!version)
+    throw format_error(path + ": packed format version '" + ver +
+                       "', this sqz reads versions 1 and " + current +
                        (std::atoi(ver.c_str()) > kPackedFormatVersion ? " (written by a newer sqz)" : ""));
   if (meta("sqz.rope_layout") != "interleaved")
     throw format_error(path + ": sqz.rope_layout '" + meta("sqz.rope_layout") +
@@ -151,7 +161,7 @@ Model load_packed(const std::string& path) {
   m.metadata = md;
   m.storage.push_back(f);
   const Config& c = m.config;
-  Reader rd{*f, path, {}};
+  Reader rd{*f, path, version, {}};
 
   const TensorView no_tok;
   const TensorView& tok = rd.f.has("tokenizer.model") ? rd.f.get("tokenizer.model") : no_tok;

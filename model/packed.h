@@ -1,7 +1,7 @@
 // The packed .sqz format: one safetensors file holding a SqueezeLLM-quantized LLaMA.
 //
 // Metadata (__metadata__, all strings):
-//   sqz.format_version  "1"
+//   sqz.format_version  "2"
 //   sqz.config          Config::to_json()
 //   sqz.quant           JSON: method, bits, outlier settings, per-module overrides
 //   sqz.provenance      JSON: source checkpoint path + sha256, gradients file + sha256, date
@@ -30,7 +30,7 @@
 
 namespace sqz {
 
-constexpr int kPackedFormatVersion = 1;
+constexpr int kPackedFormatVersion = 2;  // 2: the 3-bit index layout of kernels/packed_layout.h
 constexpr int kPackUnitCols = 128;
 
 // Same formula as kernels/packed_layout.h (model/ does not include kernels/).

@@ -88,14 +88,19 @@ TEST(PackedLayout, BitOrderMatchesThePicture) {
   std::vector<uint8_t> p(64);
   pack_indices(idx.data(), 1, 128, 4, p.data());
   EXPECT_EQ(packed_lane(p.data(), 0, 1), 0xAu << 4);
-  // 3-bit: column 70 = index 5 (0b101): low 01 at field 6 of lane 0 of word 1, high bit 6 of
-  // lane 2 of word 2.
+  // 3-bit: column 70 = quarter 2, column 6: index 5 in nibble 3 of lane A (word 1, lane 0).
+  // Column 123 = quarter 3, column 27 = 17 + 2 * 5: index 6 (0b110) in the msbs of nibble 5 of
+  // lanes B (word 1, lane 3, bit 1) and C (word 2, lane 3, bit 2).
   idx.assign(128, 0);
   idx[70] = 5;
+  idx[123] = 6;
   p.assign(48, 0);
   pack_indices(idx.data(), 1, 128, 3, p.data());
-  EXPECT_EQ(packed_lane(p.data(), 1, 0), 1u << 12);
-  EXPECT_EQ(packed_lane(p.data(), 2, 2), 1u << 6);
+  EXPECT_EQ(packed_lane(p.data(), 1, 0), 5u << 12);
+  EXPECT_EQ(packed_lane(p.data(), 1, 2), 0u);
+  EXPECT_EQ(packed_lane(p.data(), 1, 3), 1u << 23);
+  EXPECT_EQ(packed_lane(p.data(), 2, 3), 1u << 23);
+  EXPECT_EQ(packed_lane(p.data(), 0, 0) | packed_lane(p.data(), 2, 2), 0u);
 }
 
 // A random packed matrix with `per_row(r)` outliers in row r.

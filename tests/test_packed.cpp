@@ -119,7 +119,7 @@ TEST_F(PackedMalformed, ValidFileLoads) {
   Model m = load_model(path_);
   EXPECT_EQ(m.format, "sqz");
   EXPECT_FALSE(m.tokenizer_model.empty());
-  EXPECT_EQ(m.metadata.at("sqz.format_version"), "1");
+  EXPECT_EQ(m.metadata.at("sqz.format_version"), "2");
   auto quant = nlohmann::json::parse(m.metadata.at("sqz.quant"));
   EXPECT_EQ(quant["bits"], 3);
   auto prov = nlohmann::json::parse(m.metadata.at("sqz.provenance"));
@@ -228,22 +228,53 @@ TEST_F(PackedMalformed, MissingTensor) {
   std::remove(p2.c_str());
 }
 
-TEST_F(PackedMalformed, NewerFormatVersion) {
-  save_packed(path_, res_->model, res_->metadata);
-  SafeTensorsFile f(path_);
+// `src` rewritten with sqz.format_version = `version`, as `dst`.
+static void relabel_version(const std::string& src, const std::string& dst, const char* version) {
+  SafeTensorsFile f(src);
   std::vector<TensorToWrite> t;
   for (auto& kv : f.tensors())
     t.push_back({kv.first, kv.second.dtype, kv.second.shape, kv.second.data, kv.second.n_bytes});
   auto md = f.metadata();
-  md["sqz.format_version"] = "7";
+  md["sqz.format_version"] = version;
+  write_safetensors(dst, t, md);
+}
+
+TEST_F(PackedMalformed, NewerFormatVersion) {
+  save_packed(path_, res_->model, res_->metadata);
   std::string p2 = path_ + "v";
-  write_safetensors(p2, t, md);
+  relabel_version(path_, p2, "7");
   try {
     load_model(p2);
     ADD_FAILURE() << "accepted version 7";
   } catch (const format_error& e) {
     EXPECT_NE(std::string(e.what()).find("newer"), std::string::npos) << e.what();
   }
+  std::remove(p2.c_str());
+}
+
+// Version 1 had another 3-bit index layout: its 3-bit files are refused by name, its 4-bit
+// files (same layout) still load.
+TEST_F(PackedMalformed, FormatVersion1) {
+  save_packed(path_, res_->model, res_->metadata);
+  std::string p2 = path_ + "v1";
+  relabel_version(path_, p2, "1");
+  try {
+    load_model(p2);
+    ADD_FAILURE() << "accepted 3-bit indices of version 1";
+  } catch (const format_error& e) {
+    EXPECT_NE(std::string(e.what()).find(".indices': 3-bit indices in the format-version-1 bit "
+                                         "layout"),
+              std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("quantize the model again"), std::string::npos);
+  }
+  QuantizeResult q4 =
+      quantize_model(stories_options(test::shared_dir() + "/models/stories260K", 4), nullptr);
+  save_packed(path_, q4.model, q4.metadata);
+  relabel_version(path_, p2, "1");
+  Model m = load_model(p2);
+  EXPECT_EQ(m.metadata.at("sqz.format_version"), "1");
+  EXPECT_EQ(m.layers[0].wq.bits, 4);
   std::remove(p2.c_str());
 }
 
