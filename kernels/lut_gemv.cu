@@ -270,9 +270,10 @@ SQZ_HD void to_natural_order(uint32_t (&p)[16]) {
 // Lane (g, t) = (lane / 4, lane % 4) decodes quarter t of every unit of rows g and g + 8 of the
 // tile: the A fragments of m16n8k16 come straight out of the decoder, with the rows as M and
 // the (permuted) columns as K. B is x^T (tokens as N, 8 per mma; 2 mmas for 9..16 tokens),
-// read from shared memory where x was staged in decode order, grouped so that the 4 lanes of
-// a quad read 32 consecutive bytes (no bank conflicts):
-//   x_s[token][unit][m][t][4 halves]   token stride = chunk bytes + 32 (== 32 mod 128)
+// read from shared memory where x was staged in decode order, grouped so that one 16-byte load
+// gives a lane the B fragments of two k16 steps and the 4 lanes of a quad read 64 consecutive
+// bytes (no bank conflicts):
+//   x_s[token][unit][m / 2][t][m % 2][4 halves]   token stride = chunk bytes + 64 (== 64 mod 128)
 // Latency hiding:
 //   - each lane copies its own index words of the warp's next item (possibly in the next
 //     tile) into a per-warp ring in shared memory with cp.async while the current one is
@@ -364,10 +365,12 @@ SQZ_HD int xs_offset(int col) {
     const int r = o & 15;
     m = 4 * (o >> 4) + (r >> 3) + 2 * (r & 1), k = (r & 7) >> 1;
   }
-  return ((u * 8 + m) * 4 + q) * 4 + k;
+  return (((u * 4 + (m >> 1)) * 4 + q) * 2 + (m & 1)) * 4 + k;
 }
 
-// Stages columns [c0, c0 + chunk_items * G * 128) of x, zero beyond cols, into x_s.
+// Stages columns [c0, c0 + chunk_items * G * 128) of x, zero beyond cols, into x_s. (Loading two
+// groups per thread before storing either, to overlap their latencies, made the kernel spill:
+// 3-bit 22016 x 4096 at one token 25.2 -> 30.6 us.)
 template <int BITS, int G>
 __device__ void gemv_stage_x(const GemvParams& p, uint8_t* xs, int chunk) {
   const int n_groups = p.chunk_items * G * 8;  // 16-column groups per token
@@ -390,17 +393,18 @@ __device__ void gemv_stage_x(const GemvParams& p, uint8_t* xs, int chunk) {
         v[k] = lo | hi << 16;
       }
     }
-    // q -> (unit, quarter t, half h); groups m = 4h..4h+3 of quarter t
+    // q -> (unit, quarter t, half h); groups m = 4h..4h+3 of quarter t: m = 4h + 2i + j at
+    // dst[8i + j] (uint2 units)
     const int u = q >> 3, t = (q >> 1) & 3, h = q & 1;
-    uint2* dst = reinterpret_cast<uint2*>(xs + tok * p.x_tok_stride + u * 256 + h * 128 + t * 8);
+    uint2* dst = reinterpret_cast<uint2*>(xs + tok * p.x_tok_stride + u * 256 + h * 128 + t * 16);
     if constexpr (BITS == 4) {
 #pragma unroll
-      for (int j = 0; j < 4; j++) dst[4 * j] = make_uint2(v[2 * j], v[2 * j + 1]);
+      for (int j = 0; j < 4; j++) dst[8 * (j >> 1) + (j & 1)] = make_uint2(v[2 * j], v[2 * j + 1]);
     } else {
-      dst[0] = make_uint2(prmt(v[0], v[1], 0x5410), prmt(v[2], v[3], 0x5410));   // 0 2 4 6
-      dst[4] = make_uint2(prmt(v[4], v[5], 0x5410), prmt(v[6], v[7], 0x5410));   // 8 ... 14
-      dst[8] = make_uint2(prmt(v[0], v[1], 0x7632), prmt(v[2], v[3], 0x7632));   // 1 3 5 7
-      dst[12] = make_uint2(prmt(v[4], v[5], 0x7632), prmt(v[6], v[7], 0x7632));  // 9 ... 15
+      dst[0] = make_uint2(prmt(v[0], v[1], 0x5410), prmt(v[2], v[3], 0x5410));  // 0 2 4 6
+      dst[1] = make_uint2(prmt(v[4], v[5], 0x5410), prmt(v[6], v[7], 0x5410));  // 8 ... 14
+      dst[8] = make_uint2(prmt(v[0], v[1], 0x7632), prmt(v[2], v[3], 0x7632));  // 1 3 5 7
+      dst[9] = make_uint2(prmt(v[4], v[5], 0x7632), prmt(v[6], v[7], 0x7632));  // 9 ... 15
     }
   }
 }
@@ -451,8 +455,8 @@ __device__ __forceinline__ void transpose_round(float (&v)[N], int lane) {
   }
   if constexpr (HALF > 1) transpose_round<N, HALF / 2, OFF / 2>(v, lane);
 }
-// N (8 or 16) per-lane values -> lane l holds the warp sum of value warp_transpose_index(l):
-// N - 1 + log2(32 / N) shuffles instead of 5 N.
+// N (2, 4, 8 or 16) per-lane values -> lane l holds the warp sum of value
+// warp_transpose_index(l): N - 1 + log2(32 / N) shuffles instead of 5 N.
 template <int N>
 __device__ __forceinline__ float warp_transpose_sum(float (&v)[N], int lane) {
   transpose_round<N, N / 2, 16>(v, lane);
@@ -463,7 +467,7 @@ __device__ __forceinline__ float warp_transpose_sum(float (&v)[N], int lane) {
 // The token whose sum lane holds after warp_transpose_sum<N>, or -1 for a duplicate lane.
 template <int N>
 __device__ __forceinline__ int warp_transpose_index(int lane) {
-  if (lane & (16 / N - 1)) return -1;
+  if (lane & (32 / N - 1)) return -1;
   int idx = 0;
 #pragma unroll
   for (int r = 0; (N >> (r + 1)) >= 1; r++) idx += (lane & (16 >> r)) ? N >> (r + 1) : 0;
@@ -489,7 +493,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
   int xs_lane[NTILE];
 #pragma unroll
   for (int nt = 0; nt < NTILE; nt++)
-    xs_lane[nt] = min(nt * 8 + g, p.n_tokens - 1) * p.x_tok_stride + t * 8;
+    xs_lane[nt] = min(nt * 8 + g, p.n_tokens - 1) * p.x_tok_stride + t * 16;
 
   // The warp's items, in order: tile k, items warp, warp + 8, ... Each lane copies its own
   // index words (rows g, g + 8, quarter t) of the next items into the warp's ring with
@@ -668,13 +672,15 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
           decode_quarter<BITS>(w0, lut0, p0);
           decode_quarter<BITS>(w1, lut1, p1);
 #pragma unroll
-          for (int m = 0; m < 8; m++) {
+          for (int m = 0; m < 8; m += 2) {
 #pragma unroll
             for (int nt = 0; nt < NTILE; nt++) {
-              const uint2 b =
-                  *reinterpret_cast<const uint2*>(xs + xs_lane[nt] + xs_item + u * 256 + m * 32);
+              const uint4 b =
+                  *reinterpret_cast<const uint4*>(xs + xs_lane[nt] + xs_item + u * 256 + m * 32);
               mma_16816(acc[u & 1][nt], p0[2 * m], p1[2 * m], p0[2 * m + 1], p1[2 * m + 1], b.x,
                         b.y);
+              mma_16816(acc[u & 1][nt], p0[2 * m + 2], p1[2 * m + 2], p0[2 * m + 3],
+                        p1[2 * m + 3], b.z, b.w);
             }
           }
         }
@@ -682,36 +688,40 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
       }
     }
 
-    // Outliers of rows warp, warp + 8: lanes over entries, every token, then one sum per token.
+    // Outliers of rows warp, warp + 8: lanes over entries, every token, then one sum per
+    // (row, token): both rows in one transposing reduction at one token.
     const int tok_stride_h = p.x_tok_stride / 2;
     const uint16_t* xs_h = reinterpret_cast<const uint16_t*>(xs);
+    float s[2][NT8];
 #pragma unroll
     for (int rr = 0; rr < 2; rr++) {
-      const int rl = warp + 8 * rr;
-      float s[NT8];
 #pragma unroll
-      for (int i = 0; i < NT8; i++) s[i] = 0.0f;
+      for (int i = 0; i < NT8; i++) s[rr][i] = 0.0f;
       if (has_outliers) {
         const int k0 = rp_cur[2 * rr], k1 = rp_cur[2 * rr + 1];
         auto add = [&](int col, float v) {
 #pragma unroll
           for (int i = 0; i < NT8; i++)
             if (i < p.n_tokens)
-              s[i] += v * h2f(p.n_chunks == 1 ? xs_h[i * tok_stride_h + xs_offset<BITS>(col)]
-                                              : __ldg(p.x + int64_t(i) * p.cols + col));
+              s[rr][i] += v * h2f(p.n_chunks == 1 ? xs_h[i * tok_stride_h + xs_offset<BITS>(col)]
+                                                  : __ldg(p.x + int64_t(i) * p.cols + col));
         };
         if (k0 + lane < k1) add(oc_cur[rr], h2f(ov_cur[rr]));
         for (int kk = k0 + 32 + lane; kk < k1; kk += 32)
           add(__ldg(p.col_idx + kk), h2f(__ldg(p.values + kk)));
       }
-      if (NT8 == 8 && p.n_tokens == 1) {
+    }
+    if (NT8 == 8 && p.n_tokens == 1) {
+      float v[2] = {s[0][0], s[1][0]};
+      const float sum = warp_transpose_sum<2>(v, lane);
+      const int rr = warp_transpose_index<2>(lane);
+      if (rr >= 0) sh.outl[par][warp + 8 * rr][0] = sum;
+    } else {
 #pragma unroll
-        for (int off = 16; off >= 1; off >>= 1) s[0] += __shfl_xor_sync(0xffffffffu, s[0], off);
-        if (lane == 0) sh.outl[par][rl][0] = s[0];
-      } else {
-        const float v = warp_transpose_sum<NT8>(s, lane);
+      for (int rr = 0; rr < 2; rr++) {
+        const float v = warp_transpose_sum<NT8>(s[rr], lane);
         const int tok = warp_transpose_index<NT8>(lane);
-        if (tok >= 0 && tok < p.n_tokens) sh.outl[par][rl][tok] = v;
+        if (tok >= 0 && tok < p.n_tokens) sh.outl[par][warp + 8 * rr][tok] = v;
       }
     }
 
@@ -1029,16 +1039,16 @@ int plan_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
   const int fixed =
       int(sizeof(GemvShared<NTILE>)) + kGemvWarps * kStages<NTILE> * kStageBytes<BITS, G>;
   const int item_bytes = G * kUnitCols * 2;  // x_s bytes per token per item
-  auto xs_bytes = [&](int items) { return n_tokens * (items * item_bytes + 32); };
+  auto xs_bytes = [&](int items) { return n_tokens * (items * item_bytes + 64); };
   p.chunk_items = p.n_items;
   if (xs_bytes(p.n_items) + fixed > dev.smem_optin) {
     // Chunks: a multiple of the warp count so that every chunk starts at item w for warp w.
-    int items = ((dev.smem_optin - fixed) / n_tokens - 32) / item_bytes;
+    int items = ((dev.smem_optin - fixed) / n_tokens - 64) / item_bytes;
     items = std::max(kGemvWarps, items / kGemvWarps * kGemvWarps);
     if (items < p.n_items) p.chunk_items = items;
   }
   p.n_chunks = (p.n_items + p.chunk_items - 1) / p.chunk_items;
-  p.x_tok_stride = p.chunk_items * item_bytes + 32;  // == 32 mod 128: conflict-free B loads
+  p.x_tok_stride = p.chunk_items * item_bytes + 64;  // == 64 mod 128: conflict-free B loads
   p.xs_bytes = (xs_bytes(p.chunk_items) + 15) / 16 * 16;
   smem = size_t(p.xs_bytes) + fixed;
   if (smem > size_t(dev.smem_optin))
