@@ -28,39 +28,33 @@ __device__ __forceinline__ double warp_sum(double v) {
   return v;
 }
 
-// Block reductions into a caller's shared `partial` [32] (blockDim.x a multiple of 32);
-// every thread gets the result. Contain __syncthreads: call them from all threads.
-__device__ __forceinline__ double block_sum_f64(double v, double* partial) {
+// Block reduction: warp_op (a whole-warp reduction) within each warp, then across the warps
+// through the shared `partial` [32] (blockDim.x a multiple of 32, at most 1024; `identity`
+// fills the missing warps). Every thread gets the result. Contains __syncthreads: call it
+// from all threads.
+template <class T, class WarpOp>
+__device__ __forceinline__ T block_reduce(T v, T* partial, T identity, WarpOp warp_op) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-  v = warp_sum(v);
+  v = warp_op(v);
   __syncthreads();  // `partial` may still be read by a previous call
   if (lane == 0) partial[warp] = v;
   __syncthreads();
-  v = lane < n_warps ? partial[lane] : 0.0;
-  return warp_sum(v);
+  v = lane < n_warps ? partial[lane] : identity;
+  return warp_op(v);
+}
+
+__device__ __forceinline__ double block_sum_f64(double v, double* partial) {
+  return block_reduce(v, partial, 0.0, [](double a) { return warp_sum(a); });
 }
 
 __device__ __forceinline__ float block_max(float v, float* partial) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-  v = warp_max(v);
-  __syncthreads();
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  v = lane < n_warps ? partial[lane] : -INFINITY;
-  return warp_max(v);
+  return block_reduce(v, partial, -INFINITY, [](float a) { return warp_max(a); });
 }
 
-// Sum over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets
-// the result. Contains __syncthreads: call it from all threads.
+// Sum over the whole block into its own shared partials.
 __device__ __forceinline__ float block_sum(float v) {
   __shared__ float partial[32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-  v = warp_sum(v);
-  __syncthreads();  // `partial` may still be read by a previous call
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  v = lane < n_warps ? partial[lane] : 0.0f;
-  return warp_sum(v);
+  return block_reduce(v, partial, 0.0f, [](float a) { return warp_sum(a); });
 }
 
 // fp16 bits (as stored in uint16_t buffers) to and from fp32; round-to-nearest-even.
