@@ -33,14 +33,14 @@ static void decode_unit(const uint8_t* unit, int bits, const float* lut, int n, 
     for (int q = 0; q < 4; q++) {
       uint32_t l[3];
       for (int s = 0; s < 3; s++) std::memcpy(&l[s], unit + packed3_lane_offset(q, s), 4);
+      const uint32_t hi = packed3_odd_high(l[0], l[1], l[2]);
       float* d = o + 32 * q;
       for (int k = 0; k < 8; k++) {
         const int sh = 4 * k;
         d[2 * k] = lut[l[0] >> sh & 7];
         d[2 * k + 1] = lut[l[1] >> sh & 7];
         d[16 + 2 * k] = lut[l[2] >> sh & 7];
-        d[17 + 2 * k] = lut[(l[0] >> (sh + 3) & 1) | (l[1] >> (sh + 3) & 1) << 1 |
-                            (l[2] >> (sh + 3) & 1) << 2];
+        d[17 + 2 * k] = lut[hi >> sh & 7];
       }
     }
   }

@@ -70,9 +70,7 @@ __global__ void __launch_bounds__(kThreads)
       const uint32_t a = lane_u32(unit + 8 * q), b = lane_u32(unit + 8 * q + 4),
                      c = lane_u32(unit + 32 + 4 * q);
       uint32_t ev = within % 2 ? c : a;
-      uint32_t od = within % 2 ? ((a >> 3) & 0x11111111u) | ((b >> 2) & 0x22222222u) |
-                                     ((c >> 1) & 0x44444444u)
-                               : b;
+      uint32_t od = within % 2 ? packed3_odd_high(a, b, c) : b;
 #pragma unroll
       for (int k = 0; k < 8; k++, ev >>= 4, od >>= 4)
         h[k] = lut[ev & 7] | uint32_t(lut[od & 7]) << 16;

@@ -164,6 +164,12 @@ struct LutPlanes {
   uint32_t lo[kLutPlanes<BITS>], hi[kLutPlanes<BITS>];
 };
 
+// Entries 4j..4j+3 (e0 = 4j, 4j+1; e1 = 4j+2, 4j+3) -> their low bytes and their high bytes.
+SQZ_HD void to_byte_planes(uint32_t e0, uint32_t e1, uint32_t& lo, uint32_t& hi) {
+  lo = prmt(e0, e1, 0x6420);
+  hi = prmt(e0, e1, 0x7531);
+}
+
 // The row's 2^BITS fp16 entries as byte planes (lut rows are 4-byte aligned: launcher check).
 template <int BITS>
 __device__ __forceinline__ LutPlanes<BITS> load_lut(const uint16_t* lut, int row) {
@@ -172,8 +178,7 @@ __device__ __forceinline__ LutPlanes<BITS> load_lut(const uint16_t* lut, int row
 #pragma unroll
   for (int j = 0; j < kLutPlanes<BITS>; j++) {
     const uint32_t e0 = __ldg(e + 2 * j), e1 = __ldg(e + 2 * j + 1);  // entries 4j..4j+3
-    l.lo[j] = prmt(e0, e1, 0x6420);
-    l.hi[j] = prmt(e0, e1, 0x7531);
+    to_byte_planes(e0, e1, l.lo[j], l.hi[j]);
   }
   return l;
 }
@@ -229,9 +234,7 @@ SQZ_HD void decode_quarter(const uint32_t (&w)[kQuarterWords<BITS>], const LutPl
     if constexpr (BITS == 3) {  // lanes A, B, C (kernels/packed_layout.h)
       constexpr uint32_t kLow3 = 0x77777777u;
       sel[0] = w[0] & kLow3, sel[1] = w[1] & kLow3, sel[2] = w[2] & kLow3;
-      // columns 17 + 2k: bit b of the index is the msb of nibble k of lane b
-      sel[3] = ((w[0] >> 3) & 0x11111111u) | ((w[1] >> 2) & 0x22222222u) |
-               ((w[2] >> 1) & 0x44444444u);
+      sel[3] = packed3_odd_high(w[0], w[1], w[2]);  // columns 17 + 2k
     } else {  // 2 bits: low lane h = columns 16h..16h+15, 2 bits each
       constexpr uint32_t kLow2 = 0x33333333u;
       sel[0] = w[0] & kLow2, sel[1] = (w[0] >> 2) & kLow2;
@@ -446,12 +449,12 @@ __device__ __forceinline__ void gemv_store_meta(const TileMeta<BITS>& m, GemvSha
 #pragma unroll
   for (int j = 0; j < TileMeta<BITS>::kPerLane; j++) {
     const int i = lane + 32 * j;
-    if (BITS == 4 && i < TileMeta<BITS>::kChunks) {
+    if (i >= TileMeta<BITS>::kChunks) continue;
+    if constexpr (BITS == 4) {
       reinterpret_cast<uint2*>(sh.lut[buf])[i] = m.lut[j];
-    } else if (i < TileMeta<BITS>::kChunks) {
+    } else {
       uint32_t* row = reinterpret_cast<uint32_t*>(sh.lut[buf] + (i / P) * kLutRowBytes<BITS>);
-      row[i % P] = prmt(m.lut[j].x, m.lut[j].y, 0x6420);
-      row[P + i % P] = prmt(m.lut[j].x, m.lut[j].y, 0x7531);
+      to_byte_planes(m.lut[j].x, m.lut[j].y, row[i % P], row[P + i % P]);
     }
   }
 }
@@ -469,10 +472,7 @@ __device__ __forceinline__ void gemv_lut_planes(const uint8_t* row, LutPlanes<BI
   } else {  // the 16 entries
     const uint32_t* e = reinterpret_cast<const uint32_t*>(row);
 #pragma unroll
-    for (int j = 0; j < P; j++) {
-      l.lo[j] = prmt(e[2 * j], e[2 * j + 1], 0x6420);
-      l.hi[j] = prmt(e[2 * j], e[2 * j + 1], 0x7531);
-    }
+    for (int j = 0; j < P; j++) to_byte_planes(e[2 * j], e[2 * j + 1], l.lo[j], l.hi[j]);
   }
 }
 
