@@ -9,7 +9,8 @@
 //   xn     [n, dim] fp16      rmsnorm_cuda(x, attn_norm)
 //   qkv    [n, q_dim + 2 kv_dim] fp32   fused q|k|v linear
 //          rope_cuda: rotates q, k in place; appends k, v (fp16) to the cache at (seq, pos)
-//   att    [n, q_dim] fp16    attention_prefill_cuda / attention_decode_cuda
+//   att    [n, q_dim] fp16    attention_prefill_cuda / attention_decode_cuda (decode: one
+//                             query per sequence; rotates q, k and appends k, v itself)
 //   x     += o linear         (cuBLAS beta = 1, or the GEMV's accumulate epilogue)
 //   xn     [n, dim] fp16      rmsnorm_cuda(x, ffn_norm)
 //   gu     [n, 2 hidden] fp32 fused gate|up linear, rows interleaved in blocks of 8 gate +
@@ -499,7 +500,9 @@ class CudaBackend : public Backend {
     }
     s.n_tiles =
         attention_make_tiles(h + 2 * n, h + n, n, reinterpret_cast<AttentionTile*>(h + 4 * n));
-    s.decode = s.n_tiles == n;  // every token alone in its tile: one query per sequence
+    // Decode: one query per sequence (every token alone in its tile, no sequence twice), so
+    // the attention kernel can append each token's K/V itself (AttentionCudaParams::rope_theta).
+    s.decode = s.n_tiles == n && distinct_sequences(b);
     const size_t in_bytes = size_t(4 * n + 4 * s.n_tiles) * sizeof(int);
     CUDA_CHECK(cudaMemcpyAsync(in_dev_, h, in_bytes, cudaMemcpyHostToDevice, r_.stream));
 
@@ -534,6 +537,12 @@ class CudaBackend : public Backend {
   // Decode steps replay one CUDA graph per (n, k), captured the first time that shape is
   // seen. Kernels read tokens/pos/seq from in_dev_ (just refreshed by the input copy) and the
   // decode attention cuts the cache at run time, so the same graph serves every step.
+  static bool distinct_sequences(const Batch& b) {
+    std::vector<int> seqs(b.seq.begin(), b.seq.end());
+    std::sort(seqs.begin(), seqs.end());
+    return std::adjacent_find(seqs.begin(), seqs.end()) == seqs.end();
+  }
+
   void launch_graph(const StepShape& s) {
     const auto key = std::make_pair(s.n, s.k);
     auto it = r_.graphs.find(key);
@@ -632,23 +641,25 @@ class CudaBackend : public Backend {
       const DeviceLayer& L = layers_[l];
       norm_linear(L.attn_norm, L.qkv, qkv_, nullptr);
 
-      RopeCudaParams rp;
-      rp.qkv = qkv_, rp.n_tokens = n, rp.stride = qkv_rows();
-      rp.n_heads = c_.n_heads, rp.n_kv_heads = c_.n_kv_heads, rp.head_dim = hd;
-      rp.theta = c_.rope_theta, rp.pos = pos, rp.seq = seq;
-      rp.k_cache = k_cache_ + l * layer_elems, rp.v_cache = v_cache_ + l * layer_elems;
-      rp.seq_stride = seq_stride();
-      rope_cuda(rp, st);
-
+      // RoPE + KV-cache append: its own kernel before the prefill attention, inside the
+      // decode attention kernel.
       AttentionCudaParams ap;
       ap.n_tokens = n, ap.n_heads = c_.n_heads, ap.n_kv_heads = c_.n_kv_heads, ap.head_dim = hd;
       ap.q = qkv_, ap.q_stride = qkv_rows();
-      ap.k_cache = rp.k_cache, ap.v_cache = rp.v_cache, ap.seq_stride = seq_stride();
-      ap.pos = pos, ap.seq = seq, ap.out = att_;
-      if (s.decode)
+      ap.k_cache = k_cache_ + l * layer_elems, ap.v_cache = v_cache_ + l * layer_elems;
+      ap.seq_stride = seq_stride(), ap.pos = pos, ap.seq = seq, ap.out = att_;
+      if (s.decode) {
+        ap.rope_theta = c_.rope_theta;
         attention_decode_cuda(ap, decode_splits(n), attn_scratch_, attn_counters_, st);
-      else
+      } else {
+        RopeCudaParams rp;
+        rp.qkv = qkv_, rp.n_tokens = n, rp.stride = qkv_rows();
+        rp.n_heads = c_.n_heads, rp.n_kv_heads = c_.n_kv_heads, rp.head_dim = hd;
+        rp.theta = c_.rope_theta, rp.pos = pos, rp.seq = seq;
+        rp.k_cache = ap.k_cache, rp.v_cache = ap.v_cache, rp.seq_stride = seq_stride();
+        rope_cuda(rp, st);
         attention_prefill_cuda(ap, tiles, s.n_tiles, st);
+      }
       linear(L.wo, att_, n, x_, /*accumulate=*/true);  // x += o projection
 
       norm_linear(L.ffn_norm, L.gate_up, gu_, hb_);

@@ -18,6 +18,7 @@
 #include "kernels/cuda_common.h"
 #include "kernels/cuda_util.cuh"
 #include "kernels/pdl.cuh"
+#include "kernels/rope.cuh"
 
 namespace sqz {
 
@@ -361,21 +362,37 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------
 // Decode. Block (split s, kv head g, token t), 128 threads, for the `group` query heads of
 // kv head g together (K/V read once for all of them). The token's keys 0..pos are cut into
-// n_splits chunks (multiples of 32 keys); this block runs the online softmax over chunk s.
+// chunks of whole 32-key tiles (decode_chunk: at most n_splits, at least
+// kAttentionDecodeSplitKeys keys each); this block runs the online softmax over chunk s, or
+// returns at once when chunk s is empty.
 // Scores: item (j, i) = (head j of the group, key i of the tile), items spread over the
 // threads; for groups of 1 or 2 heads 4 or 2 threads share an item (a slice of the head dim
-// each, summed through shared memory), so all 128 threads work. Softmax: warp w updates heads j = w, w + 4, ... (one key per lane). Output:
+// each, summed through shared memory), so all 128 threads work. Softmax: warp w updates
+// heads j = w, w + 4, ... (one key per lane). Output:
 // thread owns elements e = tid + 128 r of [group][hd] (kAcc registers).
 // Shared: q [group][hd], K/V [32][hd+1], p [group][32], per-head m, l, correction, partial
 // dots [128].
-// Merges the n_splits partials of head h, token t (written by the decode blocks):
-// out = sum_s w_s o_s / sum_s w_s l_s with w_s = exp(m_s - max m). Thread s < n_splits
+// With rope_theta (the fused append), the block of the last chunk first rotates this step's k
+// and stores k and v at pos (kernels/rope.cuh, the same bits as rope_cuda), then reads the
+// cache; every block rotates its q heads as it loads them.
+//
+// Keys per chunk for a sequence of len keys: whole tiles, at least kAttentionDecodeSplitKeys
+// keys, at most n_splits chunks.
+__device__ __forceinline__ int decode_chunk(int len, int n_splits) {
+  const int n = min(n_splits, (len + kAttentionDecodeSplitKeys - 1) / kAttentionDecodeSplitKeys);
+  const int chunk = (len + n - 1) / n;
+  return (chunk + kKeyTile - 1) / kKeyTile * kKeyTile;
+}
+
+// Merges the n_used partials of head h, token t (written by the decode blocks; the scratch
+// has room for n_splits per head): out = sum_s w_s o_s / sum_s w_s l_s with
+// w_s = exp(m_s - max m). Thread s < n_used
 // (<= 64) loads split s's (m, l) so the loads run in parallel; the max and the sum are warp
 // reductions over the first two warps. Empty splits have m = -inf, l = 0, o = 0 and weigh
 // nothing; split 0 is never empty. Partials are read through L2 (__ldcg): other blocks
 // wrote them. Called by all kThreads threads of the block.
-__device__ void combine_head(const AttentionCudaParams& p, int n_splits, const float* scratch,
-                             int t, int h) {
+__device__ void combine_head(const AttentionCudaParams& p, int n_splits, int n_used,
+                             const float* scratch, int t, int h) {
   __shared__ float w[kMaxDecodeSplits];
   __shared__ float red_m[2], red_l[2];
   const int hd = p.head_dim;
@@ -383,13 +400,13 @@ __device__ void combine_head(const AttentionCudaParams& p, int n_splits, const f
   const int64_t n_parts = int64_t(p.n_tokens) * p.n_heads * n_splits;
   const int64_t part0 = (int64_t(t) * p.n_heads + h) * n_splits;
   const float* ml = scratch + n_parts * hd + part0 * 2;
-  const float m = s < n_splits ? __ldcg(ml + 2 * s) : -INFINITY;
-  const float l = s < n_splits ? __ldcg(ml + 2 * s + 1) : 0.0f;
+  const float m = s < n_used ? __ldcg(ml + 2 * s) : -INFINITY;
+  const float l = s < n_used ? __ldcg(ml + 2 * s + 1) : 0.0f;
   const float wm = warp_max(m);
   if (lane == 0 && warp < 2) red_m[warp] = wm;
   __syncthreads();
   const float mx = fmaxf(red_m[0], red_m[1]);
-  const float ws = s < n_splits ? expf(m - mx) : 0.0f;
+  const float ws = s < n_used ? expf(m - mx) : 0.0f;
   if (s < kMaxDecodeSplits) w[s] = ws;
   const float wl = warp_sum(ws * l);
   if (lane == 0 && warp < 2) red_l[warp] = wl;
@@ -400,7 +417,7 @@ __device__ void combine_head(const AttentionCudaParams& p, int n_splits, const f
   for (int d = threadIdx.x; d < hd; d += blockDim.x) {
     float a = 0.0f;
 #pragma unroll 8
-    for (int q = 0; q < n_splits; q++) a += w[q] * __ldcg(o + q * hd + d);
+    for (int q = 0; q < n_used; q++) a += w[q] * __ldcg(o + q * hd + d);
     out[d] = f2h(a * inv_l);
   }
   __syncthreads();  // w, red_* free for the next head
@@ -409,11 +426,24 @@ __device__ void combine_head(const AttentionCudaParams& p, int n_splits, const f
 template <int kAcc>
 __global__ void __launch_bounds__(kThreads)
     attention_decode_kernel(AttentionCudaParams p, int n_splits, float* scratch, int* counters) {
-  pdl_wait();  // kernels/pdl.cuh: nothing before this reads earlier kernels' outputs
+  const int s = blockIdx.x, g = blockIdx.y, t = blockIdx.z;
+  // Positions are step inputs, not outputs of earlier kernels: the chunking and the rotation
+  // table come before the wait (kernels/pdl.cuh).
+  const int len = p.pos[t] + 1, chunk = decode_chunk(len, n_splits);
+  const int n_used = (len + chunk - 1) / chunk;  // chunks with keys
+  if (s >= n_used) return;
+  const int begin = s * chunk, end = min(len, begin + chunk);
+  const int hd = p.head_dim, pitch = hd + 1, group = p.n_heads / p.n_kv_heads;
+  const bool append = p.rope_theta > 0.0f;
+  __shared__ float rope_cs[kMaxHeadDim / 2], rope_sn[kMaxHeadDim / 2];
+  if (append) {
+    for (int i = threadIdx.x; i < hd / 2; i += blockDim.x)
+      rope_cos_sin(len - 1, i, hd, p.rope_theta, rope_cs[i], rope_sn[i]);
+    __syncthreads();
+  }
+  pdl_wait();  // nothing before this reads earlier kernels' outputs
   pdl_launch_dependents();
   extern __shared__ float smem[];
-  const int s = blockIdx.x, g = blockIdx.y, t = blockIdx.z;
-  const int hd = p.head_dim, pitch = hd + 1, group = p.n_heads / p.n_kv_heads;
   const int kv_dim = p.n_kv_heads * hd, gsize = group * hd;
   float* qs = smem;                        // [group][hd]
   float* ks = qs + gsize;                  // [32][pitch]
@@ -428,18 +458,33 @@ __global__ void __launch_bounds__(kThreads)
   const int parts = n_items < kThreads && kThreads % n_items == 0 ? kThreads / n_items : 1;
   const int part_dims = (hd + parts - 1) / parts;
 
-  const int len = p.pos[t] + 1;
-  int chunk = (len + n_splits - 1) / n_splits;
-  chunk = (chunk + kKeyTile - 1) / kKeyTile * kKeyTile;
-  const int begin = s * chunk, end = min(len, begin + chunk);
-
-  const float* q = p.q + int64_t(t) * p.q_stride + g * gsize;  // heads g*group.. contiguous
-  for (int e = threadIdx.x; e < gsize; e += blockDim.x) qs[e] = q[e];
+  const float* row = p.q + int64_t(t) * p.q_stride;
+  const float* q = row + g * gsize;  // heads g*group.. contiguous
+  const int64_t seq_off = int64_t(p.seq[t]) * p.seq_stride + g * hd;
+  uint16_t* kbase = p.k_cache + seq_off;
+  uint16_t* vbase = p.v_cache + seq_off;
+  if (append) {
+    for (int e = 2 * threadIdx.x; e < gsize; e += 2 * blockDim.x) {
+      const int i = (e % hd) / 2;
+      const float2 r = rope_rotate_pair(q[e], q[e + 1], rope_cs[i], rope_sn[i]);
+      qs[e] = r.x, qs[e + 1] = r.y;
+    }
+    if (end == len) {  // this block's chunk holds the new key: append it, then read the cache
+      const float* k_new = row + (p.n_heads + g) * hd;
+      const float* v_new = row + (p.n_heads + p.n_kv_heads + g) * hd;
+      const int64_t at = int64_t(len - 1) * kv_dim;
+      for (int i = threadIdx.x; i < hd / 2; i += blockDim.x) {
+        const float2 r = rope_rotate_pair(k_new[2 * i], k_new[2 * i + 1], rope_cs[i], rope_sn[i]);
+        kbase[at + 2 * i] = f2h(r.x), kbase[at + 2 * i + 1] = f2h(r.y);
+        vbase[at + 2 * i] = f2h(v_new[2 * i]), vbase[at + 2 * i + 1] = f2h(v_new[2 * i + 1]);
+      }
+      __syncthreads();  // the stores are visible to the block's cache reads below
+    }
+  } else {
+    for (int e = threadIdx.x; e < gsize; e += blockDim.x) qs[e] = q[e];
+  }
   for (int j = threadIdx.x; j < group; j += blockDim.x) ms[j] = -INFINITY, ls[j] = 0.0f;
   const float scale = 1.0f / sqrtf(float(hd));
-  const int64_t seq_off = int64_t(p.seq[t]) * p.seq_stride + g * hd;
-  const uint16_t* kbase = p.k_cache + seq_off;
-  const uint16_t* vbase = p.v_cache + seq_off;
 
   float acc[kAcc];
   int ej[kAcc], ed[kAcc];
@@ -523,7 +568,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();  // m, l final (also for an empty split)
 
-  if (n_splits == 1) {
+  if (n_used == 1) {
 #pragma unroll
     for (int r = 0; r < kAcc; r++) {
       if (ej[r] >= group) continue;
@@ -545,7 +590,7 @@ __global__ void __launch_bounds__(kThreads)
     scratch[n_parts * hd + part * 2] = ms[j];
     scratch[n_parts * hd + part * 2 + 1] = ls[j];
   }
-  // The last of the n_splits blocks of (kv head g, token t) to finish merges them (the
+  // The last of the n_used blocks of (kv head g, token t) to finish merges them (the
   // threadFenceReduction pattern: each block's partials are fenced before its count), then
   // resets the counter for the next call. The merge reads the splits in a fixed order, so
   // the result does not depend on which block comes last.
@@ -554,13 +599,13 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   if (threadIdx.x == 0) {
     int* counter = counters + int64_t(t) * p.n_kv_heads + g;
-    is_last = atomicAdd(counter, 1) == n_splits - 1;
+    is_last = atomicAdd(counter, 1) == n_used - 1;
     if (is_last) *counter = 0;
   }
   __syncthreads();
   if (!is_last) return;
   __threadfence();
-  for (int j = 0; j < group; j++) combine_head(p, n_splits, scratch, t, g * group + j);
+  for (int j = 0; j < group; j++) combine_head(p, n_splits, n_used, scratch, t, g * group + j);
 }
 
 void check_params(const AttentionCudaParams& p, const char* who) {
@@ -682,6 +727,8 @@ void attention_decode_cuda(const AttentionCudaParams& p, int n_splits, float* sc
                                 "scratch and counters when > 1");
   if (p.n_tokens > 65535 || p.n_kv_heads > 65535)
     throw std::invalid_argument("attention_decode_cuda: too many tokens or kv heads");
+  if (p.rope_theta > 0.0f && p.head_dim % 2 != 0)
+    throw std::invalid_argument("attention_decode_cuda: the fused RoPE needs an even head_dim");
   const int gsize = (p.n_heads / p.n_kv_heads) * p.head_dim;
   const int acc = (gsize + kThreads - 1) / kThreads;
   if (acc <= 1) launch_decode<1>(p, n_splits, scratch, counters, stream);

@@ -28,19 +28,26 @@ void attention(const AttentionArgs& a, ThreadPool& pool);
 namespace sqz {
 
 // Causal GQA attention on the GPU over an fp16 KV cache (the rope_cuda append wrote this
-// step's K/V already). Same math as attention(): per (token, head),
-// out = softmax(q . k_p * 1/sqrt(head_dim), p = 0..pos) . v_p, fp32 scores and softmax,
-// fp32 accumulation, output rounded to fp16 (the input of the o projection).
+// step's K/V already, or, decode only, rope_theta > 0 fuses it). Same math as attention():
+// per (token, head), out = softmax(q . k_p * 1/sqrt(head_dim), p = 0..pos) . v_p, fp32
+// scores and softmax, fp32 accumulation, output rounded to fp16 (the input of the o
+// projection).
 struct AttentionCudaParams {
   int n_tokens = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
-  const float* q = nullptr;           // device; token t head h at q + t * q_stride + h * head_dim
-  int q_stride = 0;                   // floats between tokens (the fused qkv row width)
-  const uint16_t* k_cache = nullptr;  // device fp16 [n_seqs][ctx][kv_dim], this layer
-  const uint16_t* v_cache = nullptr;
-  int64_t seq_stride = 0;             // elements between two sequences: ctx * kv_dim
-  const int* pos = nullptr;           // device [n_tokens]: attends to positions 0..pos[t]
-  const int* seq = nullptr;           // device [n_tokens]: the cache slot of token t
-  uint16_t* out = nullptr;            // device [n_tokens, n_heads * head_dim] fp16
+  const float* q = nullptr;     // device; token t head h at q + t * q_stride + h * head_dim
+  int q_stride = 0;             // floats between tokens (the fused qkv row width)
+  uint16_t* k_cache = nullptr;  // device fp16 [n_seqs][ctx][kv_dim], this layer (written only
+  uint16_t* v_cache = nullptr;  // by the decode kernel's fused append)
+  int64_t seq_stride = 0;       // elements between two sequences: ctx * kv_dim
+  const int* pos = nullptr;     // device [n_tokens]: attends to positions 0..pos[t]
+  const int* seq = nullptr;     // device [n_tokens]: the cache slot of token t
+  uint16_t* out = nullptr;      // device [n_tokens, n_heads * head_dim] fp16
+  // Decode only: > 0 fuses rope_cuda's work into the kernel. q is the fused qkv row, unrotated:
+  // [q heads | k heads | v heads], as rope_cuda takes it. The kernel rotates q and this
+  // step's k with this theta (the same bits as rope_cuda) and stores k and v as fp16 at
+  // cache[seq[t]][pos[t]] before reading the cache; qkv itself is left as it was. Every token
+  // must then be a different sequence's (no token reads a key another block appends).
+  float rope_theta = 0.0f;
 };
 
 // Prefill: batch tokens grouped into tiles of up to kAttentionTileTokens consecutive tokens
@@ -60,15 +67,21 @@ int attention_make_tiles(const int* seq, const int* pos, int n_tokens, Attention
 void attention_prefill_cuda(const AttentionCudaParams& p, const AttentionTile* tiles,
                             int n_tiles, cudaStream_t stream);
 
-// Decode (flash-decoding): one block per (token, kv head, split of the cache); the splits
-// cut 0..pos[t] into n_splits chunks at run time (pos is read on the device, so a CUDA
-// graph replays with any length), and the last block of each (token, kv head) to finish
-// merges them, in the same kernel. n_splits = 1 writes the output directly. Handles any
-// batch (each token on its own), best when every token is a different sequence's next
-// token. Needs (n_heads / n_kv_heads) * head_dim <= 2048.
+// Decode (flash-decoding): one block per (token, kv head, split of the cache). n_splits is
+// the most splits; at run time (pos is read on the device, so a CUDA graph replays with any
+// length) 0..pos[t] is cut into min(n_splits, ceil((pos + 1) / kAttentionDecodeSplitKeys))
+// chunks of whole 32-key tiles, the blocks of the splits without keys return at once, and
+// the last block of each (token, kv head) to finish merges the others in the same kernel;
+// one split writes the output directly. Handles any batch (each token on its own; with
+// rope_theta, every token a different sequence's). Needs (n_heads / n_kv_heads) * head_dim
+// <= 2048.
 // With n_splits > 1: scratch holds attention_decode_scratch_floats() floats, and counters
 // n_tokens * n_kv_heads ints that must be zero before the first call (cudaMemset once at
 // allocation); every call leaves them zero again.
+// The fewest keys per split: one 32-key tile. (Measured on the H100, LLaMA-7B 3-bit tg128:
+// 2.62 / 2.64 / 2.73 ms per batch-1 step with 32 / 64 / 128: one block's tile loop is slower
+// than more blocks and the merge.)
+constexpr int kAttentionDecodeSplitKeys = 32;
 int attention_decode_splits(int n_tokens, int n_kv_heads, int ctx_size, int n_sms);
 size_t attention_decode_scratch_floats(int n_tokens, int n_heads, int head_dim, int n_splits);
 void attention_decode_cuda(const AttentionCudaParams& p, int n_splits, float* scratch,

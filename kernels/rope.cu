@@ -2,19 +2,21 @@
 // kernels/rope.h. Test: tests/test_cuda_kernels.cpp (RopeCuda.*), vs rope().
 //
 // Grid (ceil(items / 256), n_tokens), 256 threads. Each block first computes cos/sin of every
-// pair i < head_dim / 2 of its token into shared memory (inv_freq = float(1 / theta^(2i /
-// head_dim)) in double like the CPU, angle = float(pos) * inv_freq in fp32, sincosf at full
-// precision); then each thread does one independent item: a rotation item is one (head,
-// pair) of the q heads followed by the k heads (contiguous in the row), rotated in place and,
-// for k heads, stored to the K cache; the remaining items copy v pairs to the V cache as
-// fp16. (One block per token looping over the heads was latency-bound: a whole row went
-// through one SM one dependent load at a time.)
+// pair i < head_dim / 2 of its token into shared memory (kernels/rope.cuh: inv_freq in double
+// like the CPU, angle in fp32, sincosf at full precision); then each thread does one
+// independent item: a rotation item is one (head, pair) of the q heads followed by the k heads
+// (contiguous in the row), rotated in place and, for k heads, stored to the K cache; the
+// remaining items copy v pairs to the V cache as fp16. (One block per token looping over the
+// heads was latency-bound: a whole row went through one SM one dependent load at a time.)
+// Decode steps do this inside the attention kernel instead (AttentionCudaParams::rope_theta);
+// prefill uses this kernel.
 #include <stdexcept>
 
 #include "kernels/cuda_common.h"
 #include "kernels/cuda_util.cuh"
 #include "kernels/pdl.cuh"
 #include "kernels/rope.h"
+#include "kernels/rope.cuh"
 
 namespace sqz {
 
@@ -31,11 +33,8 @@ __global__ void __launch_bounds__(kRopeThreads) rope_kernel(RopeCudaParams p) {
   // cos/sin of each pair for this token, shared by the block's heads. Positions are step
   // inputs, not outputs of earlier kernels, so this runs before the wait (kernels/pdl.cuh).
   __shared__ float cs_tab[kMaxHalf], sn_tab[kMaxHalf];
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    const float inv_freq = float(1.0 / pow(double(p.theta), double(2 * i) / p.head_dim));
-    const float angle = float(pos) * inv_freq;
-    sincosf(angle, &sn_tab[i], &cs_tab[i]);
-  }
+  for (int i = threadIdx.x; i < half; i += blockDim.x)
+    rope_cos_sin(pos, i, p.head_dim, p.theta, cs_tab[i], sn_tab[i]);
   __syncthreads();
   pdl_wait();
   pdl_launch_dependents();
@@ -46,15 +45,13 @@ __global__ void __launch_bounds__(kRopeThreads) rope_kernel(RopeCudaParams p) {
     const int h = j / half, i = j - h * half;
     const float cs = cs_tab[i], sn = sn_tab[i];
     float* v = row + h * p.head_dim + 2 * i;
-    const float a = v[0], b = v[1];
-    const float r0 = a * cs - b * sn;
-    const float r1 = a * sn + b * cs;
-    v[0] = r0;
-    v[1] = r1;
+    const float2 r = rope_rotate_pair(v[0], v[1], cs, sn);
+    v[0] = r.x;
+    v[1] = r.y;
     if (p.k_cache && h >= p.n_heads) {
       uint16_t* kc = p.k_cache + cache_at + (h - p.n_heads) * p.head_dim + 2 * i;
-      kc[0] = f2h(r0);
-      kc[1] = f2h(r1);
+      kc[0] = f2h(r.x);
+      kc[1] = f2h(r.y);
     }
   } else if (p.v_cache && j < n_rot + kv_dim / 2) {
     const int e = 2 * (j - n_rot);

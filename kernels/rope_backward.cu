@@ -11,6 +11,7 @@
 #include <string>
 
 #include "kernels/cuda_common.h"
+#include "kernels/rope.cuh"
 #include "kernels/rope_backward.h"
 
 namespace sqz {
@@ -27,8 +28,7 @@ __global__ void rope_rotate_kernel(float* __restrict__ x, const int* __restrict_
   float* cs = cs_sn;
   float* sn = cs_sn + half;
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    const float inv_freq = float(1.0 / pow(double(theta), double(2 * i) / head_dim));
-    const float angle = float(pos[t]) * inv_freq;
+    const float angle = float(pos[t]) * rope_inv_freq(i, head_dim, theta);
     cs[i] = float(cos(double(angle)));
     sn[i] = sign * float(sin(double(angle)));
   }

@@ -25,9 +25,10 @@ if has tests; then
   tail -4 "$log/ctest_cpu.log"
 fi
 if has sanitize; then
+  small='*Small*:*Odd*:*Outlier*:*Dequant*:*ItemsOfTwo*:*Fusion*:*Interleaved*:*FusedRope*'
   for t in build/tests/test_lut_gemv build/tests/test_cuda_kernels build/tests/test_quantize_cuda; do
     [[ -x $t ]] || continue
-    compute-sanitizer --tool memcheck --error-exitcode 3 "$t" --gtest_filter='*Small*:*Odd*:*Outlier*:*Dequant*:*ItemsOfTwo*:*Fusion*:*Interleaved*' \
+    compute-sanitizer --tool memcheck --error-exitcode 3 "$t" --gtest_filter="$small" \
       >"$log/memcheck_$(basename "$t").log" 2>&1 || status=1
     tail -3 "$log/memcheck_$(basename "$t").log"
   done

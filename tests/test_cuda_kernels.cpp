@@ -369,7 +369,7 @@ TEST(AttentionCuda, DecodeLongCaches) {
   }
 }
 
-TEST(AttentionCuda, DecodeSmallHeadsAndOneSplitPerKey) {
+TEST(AttentionCuda, DecodeSmallHeads) {
   SQZ_REQUIRE_GPU();
   std::mt19937 rng(9);
   AttnCase c{8, 4, 8, 2, 70, {1, 0}, {69, 0}, "stories-like hd 8"};  // stories260K's shape
@@ -379,6 +379,71 @@ TEST(AttentionCuda, DecodeSmallHeadsAndOneSplitPerKey) {
   AttnCase odd{4, 2, 36, 2, 300, {0, 1}, {299, 40}, "hd 36"};
   const AttnData d_odd = make_attention(odd, rng);
   for (int splits : {1, 5}) check_attention(odd, d_odd, AttnPath::DECODE, splits);
+}
+
+// Decode with the RoPE + KV append fused (rope_theta) against rope_cuda followed by the
+// plain decode: the same cache bits and the same output bits, for every split count, and the
+// tokens' other cache rows untouched. The cache is random up to each token's pos (pos itself
+// too: the append must overwrite it) and NaN after it.
+void check_fused_append(const AttnCase& c, int n_splits, float theta, std::mt19937& rng) {
+  SCOPED_TRACE(c.name + " fused append, splits " + std::to_string(n_splits));
+  const AttnData d = make_attention(c, rng);
+  const int n = d.n;
+  const size_t n_out = size_t(n) * c.n_heads * c.head_dim;
+  DeviceBuffer<int> pos(c.pos), seq(c.seq);
+  DeviceBuffer<float> scratch(
+      std::max<size_t>(1, attention_decode_scratch_floats(n, c.n_heads, c.head_dim, n_splits)));
+  DeviceBuffer<int> counters(size_t(n) * c.n_kv_heads);
+  CUDA_CHECK(cudaMemset(counters.p, 0, counters.n * sizeof(int)));
+  auto run = [&](bool fused, std::vector<uint16_t>& kc_out, std::vector<uint16_t>& vc_out) {
+    DeviceBuffer<uint16_t> kc(d.kc), vc(d.vc), out(n_out);
+    DeviceBuffer<float> q(d.q);
+    out.poison();
+    AttentionCudaParams p;
+    p.n_tokens = n, p.n_heads = c.n_heads, p.n_kv_heads = c.n_kv_heads, p.head_dim = c.head_dim;
+    p.q = q.p, p.q_stride = d.q_stride, p.k_cache = kc.p, p.v_cache = vc.p;
+    p.seq_stride = int64_t(c.ctx) * d.kv_dim, p.pos = pos.p, p.seq = seq.p, p.out = out.p;
+    if (fused) {
+      p.rope_theta = theta;
+    } else {
+      RopeCudaParams rp;
+      rp.qkv = q.p, rp.n_tokens = n, rp.stride = d.q_stride, rp.n_heads = c.n_heads;
+      rp.n_kv_heads = c.n_kv_heads, rp.head_dim = c.head_dim, rp.theta = theta;
+      rp.pos = pos.p, rp.seq = seq.p, rp.k_cache = kc.p, rp.v_cache = vc.p;
+      rp.seq_stride = p.seq_stride;
+      rope_cuda(rp, nullptr);
+    }
+    attention_decode_cuda(p, n_splits, scratch.p, counters.p, nullptr);
+    kc_out = kc.download(), vc_out = vc.download();
+    return out.download();
+  };
+  std::vector<uint16_t> kc_ref, vc_ref, kc_got, vc_got;
+  const std::vector<uint16_t> ref = run(false, kc_ref, vc_ref);
+  const std::vector<uint16_t> got = run(true, kc_got, vc_got);
+  EXPECT_EQ(got, ref) << "attention output";
+  EXPECT_EQ(kc_got, kc_ref) << "k cache";
+  EXPECT_EQ(vc_got, vc_ref) << "v cache";
+  EXPECT_NE(kc_got, d.kc) << "nothing appended";
+  EXPECT_EQ(counters.download(), std::vector<int>(counters.n, 0));
+}
+
+TEST(AttentionCuda, DecodeFusedRopeAppendMatchesRopeThenDecode) {
+  SQZ_REQUIRE_GPU();
+  std::mt19937 rng(11);
+  // Lengths around the tile (32 keys, also the smallest split), 1 to 32 splits.
+  const std::vector<int> lens = {1, 31, 32, 33, 127, 128, 129, 300, 1000};
+  for (int group : {1, 2, 4}) {
+    for (int hd : {8, 64, 128}) {
+      const int kv_heads = 2, n = int(lens.size());
+      AttnCase c{kv_heads * group, kv_heads, hd, n, 1003, {}, {}, ""};
+      for (int t = 0; t < n; t++) c.seq.push_back(n - 1 - t), c.pos.push_back(lens[t] - 1);
+      c.name = "group " + std::to_string(group) + " hd " + std::to_string(hd);
+      const int n_auto = attention_decode_splits(n, kv_heads, c.ctx, kH100Sms);
+      for (int splits : {1, 3, 64, n_auto}) check_fused_append(c, splits, 10000.0f, rng);
+    }
+  }
+  AttnCase odd{6, 3, 36, 2, 300, {1, 0}, {299, 140}, "hd 36, theta 5e5"};  // scalar K/V loads
+  check_fused_append(odd, 5, 500000.0f, rng);
 }
 
 // ---- swiglu ------------------------------------------------------------------------------
