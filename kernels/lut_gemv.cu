@@ -713,38 +713,49 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
 
     // Outliers of rows warp, warp + 8: lanes over entries, every token, then one sum per
     // (row, token): both rows in one transposing reduction at one token.
-    const int tok_stride_h = p.x_tok_stride / 2;
-    const uint16_t* xs_h = reinterpret_cast<const uint16_t*>(xs);
-    float s[2][NT8];
+    // (The token loop stops at n_tokens: testing every one of the 8 or 16 cost ~50
+    // instructions per tile at one token.)
+    if (has_outliers) {
+      const int tok_stride_h = p.x_tok_stride / 2;
+      const uint16_t* xs_h = reinterpret_cast<const uint16_t*>(xs);
+      float s[2][NT8];
 #pragma unroll
-    for (int rr = 0; rr < 2; rr++) {
+      for (int rr = 0; rr < 2; rr++) {
 #pragma unroll
-      for (int i = 0; i < NT8; i++) s[rr][i] = 0.0f;
-      if (has_outliers) {
+        for (int i = 0; i < NT8; i++) s[rr][i] = 0.0f;
         const int k0 = rp_cur[2 * rr], k1 = rp_cur[2 * rr + 1];
         auto add = [&](int col, float v) {
+          if (p.n_chunks == 1) {
+            const uint16_t* xc = xs_h + xs_offset<BITS>(col);
 #pragma unroll
-          for (int i = 0; i < NT8; i++)
-            if (i < p.n_tokens)
-              s[rr][i] += v * h2f(p.n_chunks == 1 ? xs_h[i * tok_stride_h + xs_offset<BITS>(col)]
-                                                  : __ldg(p.x + int64_t(i) * p.cols + col));
+            for (int i = 0; i < NT8; i++) {
+              if (i == p.n_tokens) break;
+              s[rr][i] += v * h2f(xc[i * tok_stride_h]);
+            }
+          } else {
+#pragma unroll
+            for (int i = 0; i < NT8; i++) {
+              if (i == p.n_tokens) break;
+              s[rr][i] += v * h2f(__ldg(p.x + int64_t(i) * p.cols + col));
+            }
+          }
         };
         if (k0 + lane < k1) add(oc_cur[rr], h2f(ov_cur[rr]));
         for (int kk = k0 + 32 + lane; kk < k1; kk += 32)
           add(__ldg(p.col_idx + kk), h2f(__ldg(p.values + kk)));
       }
-    }
-    if (NT8 == 8 && p.n_tokens == 1) {
-      float v[2] = {s[0][0], s[1][0]};
-      const float sum = warp_transpose_sum<2>(v, lane);
-      const int rr = warp_transpose_index<2>(lane);
-      if (rr >= 0) sh.outl[par][warp + 8 * rr][0] = sum;
-    } else {
+      if (NT8 == 8 && p.n_tokens == 1) {
+        float v[2] = {s[0][0], s[1][0]};
+        const float sum = warp_transpose_sum<2>(v, lane);
+        const int rr = warp_transpose_index<2>(lane);
+        if (rr >= 0) sh.outl[par][warp + 8 * rr][0] = sum;
+      } else {
 #pragma unroll
-      for (int rr = 0; rr < 2; rr++) {
-        const float v = warp_transpose_sum<NT8>(s[rr], lane);
-        const int tok = warp_transpose_index<NT8>(lane);
-        if (tok >= 0 && tok < p.n_tokens) sh.outl[par][warp + 8 * rr][tok] = v;
+        for (int rr = 0; rr < 2; rr++) {
+          const float v = warp_transpose_sum<NT8>(s[rr], lane);
+          const int tok = warp_transpose_index<NT8>(lane);
+          if (tok >= 0 && tok < p.n_tokens) sh.outl[par][warp + 8 * rr][tok] = v;
+        }
       }
     }
 
@@ -763,7 +774,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
     for (int rr = 0; rr < 2; rr++) oc_cur[rr] = oc_nxt[rr], ov_cur[rr] = ov_nxt[rr];
     __syncthreads();
     auto row_sum = [&](int rl, int tok) {
-      float s = sh.outl[par][rl][tok];
+      float s = has_outliers ? sh.outl[par][rl][tok] : 0.0f;
 #pragma unroll
       for (int w = 0; w < kGemvWarps; w++) s += sh.red[par][w][rl][tok];
       return s;

@@ -11,8 +11,8 @@
 // launches. That is what a decode step captured in a graph sees, launch gaps included.
 // Every configuration is first checked against the CPU lut_gemm on 64 rows; a mismatch aborts.
 //
-// Usage: bench_lut_gemv [--shape NAME] [--bits B] [token counts...]   (default: all shapes,
-// bits 3 and 4, tokens 1 8 16 512)
+// Usage: bench_lut_gemv [--shape NAME] [--bits B] [--outliers PCT] [token counts...]
+// (default: all shapes, bits 3 and 4, outliers 0 and 0.45 %, tokens 1 8 16 512)
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -227,6 +227,7 @@ void check_dequant(const HostMatrix& h, const PackedMatrix& dev, uint16_t* d_w, 
 
 int main(int argc, char** argv) {
   std::vector<int> token_counts, bit_widths = {3, 4};
+  std::vector<double> outlier_fracs = {0.0, 0.0045};
   std::string only_shape;
   for (int i = 1; i < argc; i++) {
     const std::string a = argv[i];
@@ -234,6 +235,8 @@ int main(int argc, char** argv) {
       only_shape = argv[++i];
     } else if (a == "--bits" && i + 1 < argc) {
       bit_widths = {std::atoi(argv[++i])};
+    } else if (a == "--outliers" && i + 1 < argc) {  // percent of weights, e.g. 0.45
+      outlier_fracs = {std::atof(argv[++i]) / 100.0};
     } else {
       token_counts.push_back(std::atoi(argv[i]));
     }
@@ -265,7 +268,7 @@ int main(int argc, char** argv) {
   for (const Shape& shape : kShapes) {
     if (!only_shape.empty() && only_shape != shape.name) continue;
     for (int bits : bit_widths)
-      for (double frac : {0.0, 0.0045}) {
+      for (double frac : outlier_fracs) {
         HostMatrix h(shape.rows, shape.cols, bits, frac, rng);
         const size_t mat_bytes = h.bytes();
         const int n_copies = std::max(2, int(std::ceil(kRotateBytes / double(mat_bytes))));
