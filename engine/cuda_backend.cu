@@ -180,6 +180,10 @@ DeviceLinear plan_linear(const std::vector<const LinearWeight*>& srcs) {
       throw format_error(w->name + ": " + std::to_string(w->cols) + " input features, expected " +
                          std::to_string(L.cols) + " like " + srcs[0]->name);
     const bool packed = w->kind == WeightKind::PACKED;
+    if (packed && w->cols > kLutGpuMaxCols)
+      throw std::runtime_error("cuda backend: " + w->name + " has " + std::to_string(w->cols) +
+                               " input features; packed linears on the GPU take at most " +
+                               std::to_string(kLutGpuMaxCols) + " (use --device cpu)");
     DevicePart* last = L.parts.empty() ? nullptr : &L.parts.back();
     bool merge = last && last->packed == packed;
     if (merge && packed) {
@@ -353,8 +357,7 @@ class CudaBackend : public Backend {
       p.pm.indices = a.take<uint8_t>(size_t(p.rows) * p.pm.row_bytes);
       p.pm.lut = a.take<uint16_t>(size_t(p.rows) << p.pm.bits);
       p.pm.row_ptr = a.take<int32_t>(size_t(p.rows) + 1);
-      p.pm.col_idx = a.take<int32_t>(size_t(p.pm.nnz));
-      p.pm.values = a.take<uint16_t>(size_t(p.pm.nnz));
+      p.pm.outliers = a.take<uint32_t>(size_t(p.pm.nnz));  // col | value << 16
     }
   }
 
@@ -437,7 +440,8 @@ class CudaBackend : public Backend {
         continue;
       }
       // Packed: index rows, LUT rows and each row's outliers gathered in stored order
-      // (sources concatenated, or interleaved), row pointers rebuilt.
+      // (sources concatenated, or interleaved), row pointers rebuilt, the outliers packed to
+      // one word each (pack_outliers).
       const size_t rb = size_t(p.pm.row_bytes), n_lut = size_t(1) << p.pm.bits;
       std::vector<uint8_t> idx(size_t(p.rows) * rb);
       std::vector<uint16_t> lut(size_t(p.rows) * n_lut), val(size_t(p.pm.nnz));
@@ -466,8 +470,9 @@ class CudaBackend : public Backend {
       up(p.pm.indices, idx.data(), idx.size());
       up(p.pm.lut, lut.data(), lut.size() * 2);
       up(p.pm.row_ptr, row_ptr.data(), row_ptr.size() * 4);
-      up(p.pm.col_idx, col.data(), size_t(nnz) * 4);
-      up(p.pm.values, val.data(), size_t(nnz) * 2);
+      std::vector<uint32_t> words(static_cast<size_t>(nnz));
+      pack_outliers(col.data(), val.data(), nnz, words.data());
+      up(p.pm.outliers, words.data(), size_t(nnz) * 4);
     }
   }
 

@@ -91,9 +91,10 @@ __global__ void __launch_bounds__(kThreads)
   if (e0 == e1) return;
   __syncthreads();  // the block's dense stores are visible to all its threads
   for (int32_t k = e0 + threadIdx.x; k < e1; k += kThreads) {
-    const int c = w.col_idx[k];
+    const uint32_t e = w.outliers[k];  // col | value << 16
+    const int c = int(e & 0xffffu);
     const float v =
-        __half2float(__ushort_as_half(o[c])) + __half2float(__ushort_as_half(w.values[k]));
+        __half2float(__ushort_as_half(o[c])) + __half2float(__ushort_as_half(uint16_t(e >> 16)));
     o[c] = __half_as_ushort(__float2half_rn(v));
   }
 }
@@ -112,8 +113,12 @@ void lut_dequant_cuda(const PackedMatrix& w, uint16_t* out, cudaStream_t stream)
                                 ", expected " + std::to_string(packed_row_bytes(w.cols, w.bits)));
   if (reinterpret_cast<uintptr_t>(w.indices) % 4 != 0)
     throw std::invalid_argument("lut_dequant_cuda: indices must be 4-byte aligned");
-  if (w.nnz > 0 && (!w.row_ptr || !w.col_idx || !w.values))
-    throw std::invalid_argument("lut_dequant_cuda: nnz > 0 without CSR arrays");
+  if (w.nnz > 0 && (!w.row_ptr || !w.outliers))
+    throw std::invalid_argument("lut_dequant_cuda: nnz > 0 without row_ptr and outliers");
+  if (w.cols > kLutGpuMaxCols)
+    throw std::invalid_argument("lut_dequant_cuda: " + std::to_string(w.cols) +
+                                " columns; the GPU kernels take at most " +
+                                std::to_string(kLutGpuMaxCols) + " (16-bit outlier columns)");
   if (w.rows == 0) return;
   auto kernel = w.bits == 2   ? lut_dequant_kernel<2>
                 : w.bits == 3 ? lut_dequant_kernel<3>

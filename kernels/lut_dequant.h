@@ -19,8 +19,9 @@ void lut_decode_row(const PackedMatrix& w, int row, float* out);
 namespace sqz {
 
 // CUDA: out [rows, cols] fp16 (row-major, leading dimension cols) = the values of
-// lut_decode_row rounded to nearest even, every pointer of `w` on the device. The columns of
-// a row's CSR entries must be distinct (the packed-file reader guarantees it: strictly
+// lut_decode_row rounded to nearest even, every pointer of `w` on the device (the outliers as
+// `outliers`, cols <= kLutGpuMaxCols, as for lut_gemm_cuda). The columns of a row's CSR
+// entries must be distinct (the packed-file reader guarantees it: strictly
 // ascending). No host synchronisation and no allocation; launched with programmatic
 // dependent launch (writes `out` only after the previous kernel has finished).
 void lut_dequant_cuda(const PackedMatrix& w, uint16_t* out, cudaStream_t stream);

@@ -3,6 +3,8 @@
 #include "kernels/lut_gemv.h"
 
 #include <algorithm>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "kernels/lut_dequant.h"
@@ -22,6 +24,15 @@ void lut_gemm(const PackedMatrix& w, const float* x, int n_tokens, float* y, Thr
       gemm_rows_f32(buf.data(), nr, w.cols, x, n_tokens, y, w.rows, r0);
     }
   });
+}
+
+void pack_outliers(const int32_t* col_idx, const uint16_t* values, int64_t nnz, uint32_t* out) {
+  for (int64_t k = 0; k < nnz; k++) {
+    if (col_idx[k] < 0 || col_idx[k] >= kLutGpuMaxCols)
+      throw std::invalid_argument("pack_outliers: column " + std::to_string(col_idx[k]) +
+                                  " outside [0, " + std::to_string(kLutGpuMaxCols) + ")");
+    out[k] = uint32_t(col_idx[k]) | uint32_t(values[k]) << 16;
+  }
 }
 
 }  // namespace sqz

@@ -326,9 +326,8 @@ struct LinearParams {
   const uint8_t* indices;
   int64_t row_bytes;
   const uint16_t* lut;
-  const int32_t* row_ptr;  // null: no outliers
-  const int32_t* col_idx;
-  const uint16_t* values;
+  const int32_t* row_ptr;    // null: no outliers
+  const uint32_t* outliers;  // col | fp16 value << 16 (PackedMatrix::outliers)
   const uint16_t* x;
   float* y;
   int rows, cols, n_tokens;
@@ -623,8 +622,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
   // flight, so no DRAM latency is exposed at a tile's end (it was, once per tile, at 1 block
   // per SM: 8+ tokens).
   int rp_cur[4] = {0, 0, 0, 0}, rp_nxt[4] = {0, 0, 0, 0};  // [row k0, row k1] x 2 rows
-  int oc_cur[2] = {0, 0}, oc_nxt[2] = {0, 0};              // column of entry `lane`
-  uint16_t ov_cur[2] = {0, 0}, ov_nxt[2] = {0, 0};         // its value
+  uint32_t oe_cur[2] = {0, 0}, oe_nxt[2] = {0, 0};         // entry `lane` (col | value << 16)
   auto load_rp = [&](int tile, int(&rp)[4]) {
 #pragma unroll
     for (int rr = 0; rr < 2; rr++) {
@@ -633,18 +631,16 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
       rp[2 * rr + 1] = __ldg(p.row_ptr + min(r + 1, p.rows));
     }
   };
-  auto load_csr = [&](const int(&rp)[4], int(&oc)[2], uint16_t(&ov)[2]) {
+  auto load_csr = [&](const int(&rp)[4], uint32_t(&oe)[2]) {
 #pragma unroll
     for (int rr = 0; rr < 2; rr++) {
       const int kk = rp[2 * rr] + lane;
-      const bool ok = kk < rp[2 * rr + 1];
-      oc[rr] = ok ? __ldg(p.col_idx + kk) : 0;
-      ov[rr] = ok ? __ldg(p.values + kk) : uint16_t(0);
+      oe[rr] = kk < rp[2 * rr + 1] ? __ldg(p.outliers + kk) : 0u;
     }
   };
   if (has_outliers) {
     load_rp(blockIdx.x, rp_cur);
-    load_csr(rp_cur, oc_cur, ov_cur);
+    load_csr(rp_cur, oe_cur);
     if (my_tiles > 1) load_rp(blockIdx.x + gridDim.x, rp_nxt);
   }
   // Everything above reads only the weights (index words, LUT, CSR row pointers): with PDL
@@ -663,7 +659,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
     gemv_lut_planes<BITS>(sh.lut[par] + (g + 8) * kLutRowBytes<BITS>, lut1);
     int rp_nn[4] = {0, 0, 0, 0};
     if (has_outliers && k + 1 < my_tiles) {
-      load_csr(rp_nxt, oc_nxt, ov_nxt);
+      load_csr(rp_nxt, oe_nxt);
       if (k + 2 < my_tiles) load_rp(tile + 2 * gridDim.x, rp_nn);
     }
 
@@ -740,9 +736,9 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
             }
           }
         };
-        if (k0 + lane < k1) add(oc_cur[rr], h2f(ov_cur[rr]));
-        for (int kk = k0 + 32 + lane; kk < k1; kk += 32)
-          add(__ldg(p.col_idx + kk), h2f(__ldg(p.values + kk)));
+        auto add_entry = [&](uint32_t e) { add(int(e & 0xffffu), h2f(uint16_t(e >> 16))); };
+        if (k0 + lane < k1) add_entry(oe_cur[rr]);
+        for (int kk = k0 + 32 + lane; kk < k1; kk += 32) add_entry(__ldg(p.outliers + kk));
       }
       if (NT8 == 8 && p.n_tokens == 1) {
         float v[2] = {s[0][0], s[1][0]};
@@ -771,7 +767,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
 #pragma unroll
     for (int i = 0; i < 4; i++) rp_cur[i] = rp_nxt[i], rp_nxt[i] = rp_nn[i];
 #pragma unroll
-    for (int rr = 0; rr < 2; rr++) oc_cur[rr] = oc_nxt[rr], ov_cur[rr] = ov_nxt[rr];
+    for (int rr = 0; rr < 2; rr++) oe_cur[rr] = oe_nxt[rr];
     __syncthreads();
     auto row_sum = [&](int rl, int tok) {
       float s = has_outliers ? sh.outl[par][rl][tok] : 0.0f;
@@ -891,17 +887,19 @@ __global__ void __launch_bounds__(kGemmThreads, 1) lut_gemm_kernel(const GemmPar
 
   // Outlier cursors of this lane's rows: slot s = (m-tile s/2, row g + 8 (s%2)); the column
   // and value of the next entry are loaded one entry ahead.
-  int o_ptr[2 * MT], o_end[2 * MT], o_col[2 * MT];
+  int o_ptr[2 * MT] = {}, o_end[2 * MT] = {}, o_col[2 * MT];
   uint16_t o_val[2 * MT];
+  auto next_outlier = [&](int s) {  // entry o_ptr[s], or none (column INT_MAX)
+    const uint32_t e = o_ptr[s] < o_end[s] ? __ldg(p.outliers + o_ptr[s]) : 0u;
+    o_col[s] = o_ptr[s] < o_end[s] ? int(e & 0xffffu) : INT_MAX;
+    o_val[s] = uint16_t(e >> 16);
+  };
 #pragma unroll
   for (int s = 0; s < 2 * MT; s++) {
     const int r = row0 + wm * 16 * MT + 16 * (s / 2) + g + 8 * (s % 2);
-    o_ptr[s] = o_end[s] = 0;
     if (has_outliers && r < p.rows)
       o_ptr[s] = __ldg(p.row_ptr + r), o_end[s] = __ldg(p.row_ptr + r + 1);
-    const bool ok = o_ptr[s] < o_end[s];
-    o_col[s] = ok ? __ldg(p.col_idx + o_ptr[s]) : INT_MAX;
-    o_val[s] = ok ? __ldg(p.values + o_ptr[s]) : uint16_t(0);
+    next_outlier(s);
   }
 
   load_raw(0, raw_a);
@@ -957,9 +955,7 @@ __global__ void __launch_bounds__(kGemmThreads, 1) lut_gemm_kernel(const GemmPar
           const int c = o_col[s];
           const float v = h2f(o_val[s]);
           o_ptr[s]++;
-          const bool ok = o_ptr[s] < o_end[s];
-          o_col[s] = ok ? __ldg(p.col_idx + o_ptr[s]) : INT_MAX;
-          o_val[s] = ok ? __ldg(p.values + o_ptr[s]) : uint16_t(0);
+          next_outlier(s);
 #pragma unroll
           for (int j = 0; j < NT; j++)
 #pragma unroll
@@ -1053,7 +1049,7 @@ int blocks_per_sm(Kernel kernel, int threads, size_t smem) {
 LinearParams linear_params(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y) {
   LinearParams p{};
   p.indices = w.indices, p.row_bytes = w.row_bytes, p.lut = w.lut;
-  p.row_ptr = w.nnz > 0 ? w.row_ptr : nullptr, p.col_idx = w.col_idx, p.values = w.values;
+  p.row_ptr = w.nnz > 0 ? w.row_ptr : nullptr, p.outliers = w.outliers;
   p.x = x, p.y = y, p.rows = w.rows, p.cols = w.cols, p.n_tokens = n_tokens;
   p.n_units = (w.cols + kUnitCols - 1) / kUnitCols;
   p.x_vec = w.cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
@@ -1175,8 +1171,12 @@ void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float
   if (reinterpret_cast<uintptr_t>(w.indices) % 16 != 0 ||
       reinterpret_cast<uintptr_t>(w.lut) % 8 != 0)
     throw std::invalid_argument("lut_gemm_cuda: indices must be 16-byte and lut 8-byte aligned");
-  if (w.nnz > 0 && (!w.row_ptr || !w.col_idx || !w.values))
-    throw std::invalid_argument("lut_gemm_cuda: nnz > 0 without CSR arrays");
+  if (w.nnz > 0 && (!w.row_ptr || !w.outliers))
+    throw std::invalid_argument("lut_gemm_cuda: nnz > 0 without row_ptr and outliers");
+  if (w.cols > kLutGpuMaxCols)
+    throw std::invalid_argument("lut_gemm_cuda: " + std::to_string(w.cols) +
+                                " columns; the GPU kernels take at most " +
+                                std::to_string(kLutGpuMaxCols) + " (16-bit outlier columns)");
   const bool fused = f.accumulate || f.swiglu_out;
   if (fused && n_tokens > kLutGemvMaxTokens)
     throw std::invalid_argument(

@@ -13,10 +13,18 @@ struct PackedMatrix {
   int64_t row_bytes = 0;
   const uint16_t* lut = nullptr;     // [rows, 2^bits] fp16
   const int32_t* row_ptr = nullptr;  // [rows + 1]
-  const int32_t* col_idx = nullptr;  // [nnz]
-  const uint16_t* values = nullptr;  // [nnz] fp16
+  const int32_t* col_idx = nullptr;  // [nnz] (CPU)
+  const uint16_t* values = nullptr;  // [nnz] fp16 (CPU)
+  // The GPU's form of the outliers: one word per entry, col | fp16 value << 16
+  // (pack_outliers), read by the CUDA kernels instead of col_idx and values: one load per
+  // entry and 4 bytes instead of 6. Columns are 16-bit there, so cols <= kLutGpuMaxCols.
+  const uint32_t* outliers = nullptr;  // [nnz]
   int64_t nnz = 0;
 };
+
+constexpr int kLutGpuMaxCols = 65536;
+// out[k] = col_idx[k] | values[k] << 16; every col_idx[k] must be in [0, kLutGpuMaxCols).
+void pack_outliers(const int32_t* col_idx, const uint16_t* values, int64_t nnz, uint32_t* out);
 
 // CPU: y[t, r] = sum_c W[r, c] * x[t, c] for t < n_tokens; x [n_tokens, cols],
 // y [n_tokens, rows], fp32 accumulate. Each row is decoded once for all tokens.
@@ -29,12 +37,12 @@ void lut_gemm(const PackedMatrix& w, const float* x, int n_tokens, float* y, Thr
 namespace sqz {
 
 // CUDA: y[t, r] = sum_c W[r, c] * x[t, c] for t < n_tokens, every pointer of `w` on the
-// device. x is fp16 [n_tokens, cols] (__half bits), y fp32 [n_tokens, rows]; fp32 accumulate;
+// device (the outliers as `outliers`; col_idx and values are not read). x is fp16 [n_tokens, cols] (__half bits), y fp32 [n_tokens, rows]; fp32 accumulate;
 // CSR outliers applied in the same kernel. Picks the kernel by n_tokens: a GEMV for 1, a
 // batched kernel that decodes each weight once for 2..16, and a tiled tensor-core (or
 // whatever measures fastest) path for more. Any rows/cols (no multiple-of-128 rule).
 // Launch errors throw cuda_error; bad arguments (bits, row_bytes, alignment: indices 16-byte,
-// lut 4-byte) throw std::invalid_argument. No host synchronisation and no allocation, so it can
+// lut 4-byte; cols > kLutGpuMaxCols) throw std::invalid_argument. No host synchronisation and no allocation, so it can
 // be captured in a CUDA graph. kernels/NOTES_lut_gemv.md describes the kernels.
 struct LutGemmFusion;
 void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,

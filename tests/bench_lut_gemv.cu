@@ -95,8 +95,8 @@ struct HostMatrix {
     m.nnz = int64_t(values.size());
     return m;
   }
-  size_t bytes() const {  // what one call reads of the matrix
-    return indices.size() + lut.size() * 2 + row_ptr.size() * 4 + col_idx.size() * 4 + values.size() * 2;
+  size_t bytes() const {  // what one call reads of the matrix (outliers: one 4-byte word each)
+    return indices.size() + lut.size() * 2 + row_ptr.size() * 4 + values.size() * 4;
   }
 };
 
@@ -121,8 +121,10 @@ struct DeviceMatrix {
     m.indices = keep(upload(h.indices));
     m.lut = keep(upload(h.lut));
     m.row_ptr = keep(upload(h.row_ptr));
-    m.col_idx = keep(upload(h.col_idx));
-    m.values = keep(upload(h.values));
+    std::vector<uint32_t> words(h.values.size());
+    pack_outliers(h.col_idx.data(), h.values.data(), int64_t(words.size()), words.data());
+    m.outliers = keep(upload(words));
+    m.col_idx = nullptr, m.values = nullptr;
   }
   ~DeviceMatrix() {
     for (void* p : owned) cudaFree(p);

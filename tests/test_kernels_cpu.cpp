@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <random>
+#include <stdexcept>
+#include <vector>
 
 #include "kernels/half.h"
 #include "kernels/lut_gemv.h"
@@ -163,6 +165,16 @@ TEST(LutGemm, MatchesDenseReconstruction) {
         lut_gemm(p.m, x.data(), s.tokens, y.data(), pool);
         expect_close(y, ref, scale);
       }
+}
+
+TEST(LutGemm, PackOutliersForTheGpu) {
+  const std::vector<int32_t> col = {0, 7, kLutGpuMaxCols - 1};
+  const std::vector<uint16_t> val = {0x3c00, 0xbc00, 0x7bff};
+  std::vector<uint32_t> w(3);
+  pack_outliers(col.data(), val.data(), 3, w.data());
+  EXPECT_EQ(w, (std::vector<uint32_t>{0x3c000000u, 0xbc000007u, 0x7bffffffu}));
+  const std::vector<int32_t> wide = {kLutGpuMaxCols};
+  EXPECT_THROW(pack_outliers(wide.data(), val.data(), 1, w.data()), std::invalid_argument);
 }
 
 TEST(ThreadPool, CoversRangeAndRethrows) {

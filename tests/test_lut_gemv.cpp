@@ -100,8 +100,9 @@ struct TestMatrix {
   std::vector<int32_t> row_ptr, col_idx;
   PackedMatrix host;
   DeviceBuf<uint8_t> d_packed;
-  DeviceBuf<uint16_t> d_lut, d_values;
-  DeviceBuf<int32_t> d_row_ptr, d_col_idx;
+  DeviceBuf<uint16_t> d_lut;
+  DeviceBuf<int32_t> d_row_ptr;
+  DeviceBuf<uint32_t> d_outliers;  // the GPU's form: col | value << 16
   PackedMatrix dev;
 
   TestMatrix(int rows_, int cols_, int bits_, Outliers pattern, std::mt19937& rng,
@@ -151,12 +152,13 @@ struct TestMatrix {
     host.nnz = int64_t(values.size());
     d_packed.upload(packed);
     d_lut.upload(lut);
-    d_values.upload(values);
     d_row_ptr.upload(row_ptr);
-    d_col_idx.upload(col_idx);
+    std::vector<uint32_t> words(values.size());
+    pack_outliers(col_idx.data(), values.data(), host.nnz, words.data());
+    d_outliers.upload(words);
     dev = host;
     dev.indices = d_packed.p, dev.lut = d_lut.p, dev.row_ptr = d_row_ptr.p;
-    dev.col_idx = d_col_idx.p, dev.values = d_values.p;
+    dev.col_idx = nullptr, dev.values = nullptr, dev.outliers = d_outliers.p;
   }
 };
 
@@ -412,7 +414,14 @@ TEST(LutGemmCuda, RejectsBadArguments) {
   w = m.dev;
   w.indices += 8;
   EXPECT_THROW(lut_gemm_cuda(w, d_x.p, 1, d_y.p, nullptr), std::invalid_argument);
+  w = m.dev;
+  w.nnz = 5, w.outliers = nullptr;
+  EXPECT_THROW(lut_gemm_cuda(w, d_x.p, 1, d_y.p, nullptr), std::invalid_argument);
+  w = m.dev;  // 16-bit outlier columns on the GPU
+  w.cols = kLutGpuMaxCols + 128, w.row_bytes = packed_row_bytes(w.cols, w.bits);
+  EXPECT_THROW(lut_gemm_cuda(w, d_x.p, 1, d_y.p, nullptr), std::invalid_argument);
 }
+
 
 // ---- fusions (LutGemmFusion) ----------------------------------------------------------
 
@@ -549,7 +558,7 @@ TEST(LutDequantCuda, RejectsBadArguments) {
   w.row_bytes -= 16;
   EXPECT_THROW(lut_dequant_cuda(w, d_out.p, nullptr), std::invalid_argument);
   w = m.dev;
-  w.nnz = 5, w.col_idx = nullptr;
+  w.nnz = 5, w.outliers = nullptr;
   EXPECT_THROW(lut_dequant_cuda(w, d_out.p, nullptr), std::invalid_argument);
 }
 

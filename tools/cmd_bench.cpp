@@ -52,12 +52,16 @@ std::string human(double bytes) {
 }
 
 // Bytes a decode step reads: every weight once (the head included, one embedding row per
-// token) plus the KV cache up to the average position.
-double step_bytes(const Model& m, int batch, double avg_pos) {
+// token) plus the KV cache up to the average position. The GPU holds each outlier as one
+// 4-byte word (PackedMatrix::outliers), not the file's 4-byte column + 2-byte value.
+double step_bytes(const Model& m, int batch, double avg_pos, bool gpu) {
   const Config& c = m.config;
   double b = 0;
-  for (const LinearWeight* w : m.linears()) b += double(w->n_bytes());
-  b += double(m.classifier.n_bytes());
+  auto linear = [&](const LinearWeight& w) {
+    return double(w.n_bytes()) - (gpu ? 2.0 * double(w.nnz) : 0.0);
+  };
+  for (const LinearWeight* w : m.linears()) b += linear(*w);
+  b += linear(m.classifier);
   b += double(m.final_norm.n_bytes);
   for (const LayerWeights& l : m.layers) b += double(l.attn_norm.n_bytes + l.ffn_norm.n_bytes);
   b += double(batch) * c.dim * 2;
@@ -180,7 +184,7 @@ int cmd_bench(int argc, char** argv) {
         if (rep >= 0) tps.push_back(double(nb) * n_gen / dt), step_ms.push_back(1e3 * dt / n_gen);
       }
       Stat s = stats(tps), ms = stats(step_ms);
-      double bytes = step_bytes(m, nb, n_gen / 2.0);
+      double bytes = step_bytes(m, nb, n_gen / 2.0, be.name() == "cuda");
       double gbs = bytes / (ms.mean * 1e-3) / 1e9;
       char test[40], ts[40];
       std::snprintf(test, sizeof test, "tg%d b%d", n_gen, nb);
