@@ -36,6 +36,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda_common.h"
 #include "kernels/cuda_util.cuh"
@@ -346,7 +347,20 @@ struct GemvParams : LinearParams {
   int n_tiles;       // ceil(rows / 16)
   int x_tok_stride;  // bytes between tokens in x_s
   int xs_bytes;      // bytes of x_s
+  float* sumsq_out;  // [n_tokens][n_tiles]: the next norm's partial sums of squares
 };
+
+// The norm fusion's kernels take these (x staged from norm_x). Separate, at the end: adding
+// the fields to GemvParams made the register-capped kernels without the fusion spill (3-bit
+// NTILE 1, G = 4: 0 -> 8 bytes; nvcc 13.0).
+struct GemvNormParams : GemvParams {
+  const float* norm_x;
+  const float* norm_w;
+  const float* norm_sumsq;  // [n_tokens][ceil(cols / 16)]
+  float norm_eps;
+};
+template <bool NORM>
+using GemvParamsOf = std::conditional_t<NORM, GemvNormParams, GemvParams>;
 
 // Shared memory of the GEMV kernel after x_s: partial tiles, outlier sums, LUT rows.
 template <int NTILE>
@@ -368,6 +382,26 @@ SQZ_HD int xs_offset(int col) {
     m = 4 * (o >> 4) + (r >> 3) + 2 * (r & 1), k = (r & 7) >> 1;
   }
   return (((u * 4 + (m >> 1)) * 4 + q) * 2 + (m & 1)) * 4 + k;
+}
+
+// Stores the 16-column group q (of the staged chunk) of token tok, v[k] = columns 2k, 2k+1,
+// into x_s in decode order.
+template <int BITS>
+__device__ __forceinline__ void gemv_store_x_group(const GemvParams& p, uint8_t* xs, int tok,
+                                                   int q, const uint32_t (&v)[8]) {
+  // q -> (unit, quarter t, half h); groups m = 4h..4h+3 of quarter t: m = 4h + 2i + j at
+  // dst[8i + j] (uint2 units)
+  const int u = q >> 3, t = (q >> 1) & 3, h = q & 1;
+  uint2* dst = reinterpret_cast<uint2*>(xs + tok * p.x_tok_stride + u * 256 + h * 128 + t * 16);
+  if constexpr (BITS == 4) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) dst[8 * (j >> 1) + (j & 1)] = make_uint2(v[2 * j], v[2 * j + 1]);
+  } else {
+    dst[0] = make_uint2(prmt(v[0], v[1], 0x5410), prmt(v[2], v[3], 0x5410));  // 0 2 4 6
+    dst[1] = make_uint2(prmt(v[4], v[5], 0x5410), prmt(v[6], v[7], 0x5410));  // 8 ... 14
+    dst[8] = make_uint2(prmt(v[0], v[1], 0x7632), prmt(v[2], v[3], 0x7632));  // 1 3 5 7
+    dst[9] = make_uint2(prmt(v[4], v[5], 0x7632), prmt(v[6], v[7], 0x7632));  // 9 ... 15
+  }
 }
 
 // Stages columns [c0, c0 + chunk_items * G * 128) of x, zero beyond cols, into x_s. (Loading two
@@ -395,19 +429,78 @@ __device__ void gemv_stage_x(const GemvParams& p, uint8_t* xs, int chunk) {
         v[k] = lo | hi << 16;
       }
     }
-    // q -> (unit, quarter t, half h); groups m = 4h..4h+3 of quarter t: m = 4h + 2i + j at
-    // dst[8i + j] (uint2 units)
-    const int u = q >> 3, t = (q >> 1) & 3, h = q & 1;
-    uint2* dst = reinterpret_cast<uint2*>(xs + tok * p.x_tok_stride + u * 256 + h * 128 + t * 16);
-    if constexpr (BITS == 4) {
+    gemv_store_x_group<BITS>(p, xs, tok, q, v);
+  }
+}
+
+// The norm fusion's staging (one chunk: the launcher ensures it): scale_t from the partial
+// sums of squares (thread i sums partials i, i + 256, ... in order; then the warp tree; then
+// the 8 warps in order: the same sum in every block), then x = fp16(norm_x * scale_t * norm_w)
+// per column, rmsnorm_cuda's expression. `red` is shared scratch of >= 8 * 17 floats. Each
+// thread's first group of x and w is loaded before the partial sums, so their L2 round trips
+// overlap; loads are vector (16 columns: 8 x 16 bytes) when cols % 16 == 0 and aligned, else
+// predicated scalars, all issued before the first use. (Branchy scalar loads, one use each
+// before the next load, made this kernel 6.7 us slower than the plain one at 7B: H100.)
+template <int BITS, int G>
+__device__ void gemv_stage_x_norm(const GemvNormParams& p, uint8_t* xs, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int n_groups = p.chunk_items * G * 8;  // 16-column groups per token
+  const int total = p.n_tokens * n_groups;
+  const bool vec = p.cols % 16 == 0 && reinterpret_cast<uintptr_t>(p.norm_x) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(p.norm_w) % 16 == 0;
+  float xv[16], wv[16];
+  auto load = [&](int i) {
+    const int tok = i / n_groups, col = 16 * (i - tok * n_groups);
+    const float* src = p.norm_x + int64_t(tok) * p.cols;
+    if (vec) {
 #pragma unroll
-      for (int j = 0; j < 4; j++) dst[8 * (j >> 1) + (j & 1)] = make_uint2(v[2 * j], v[2 * j + 1]);
+      for (int k = 0; k < 4; k++) {
+        const bool in = col < p.cols;  // whole groups in or out
+        const float4 a = in ? *reinterpret_cast<const float4*>(src + col + 4 * k)
+                            : make_float4(0.f, 0.f, 0.f, 0.f);
+        const float4 b = in ? *reinterpret_cast<const float4*>(p.norm_w + col + 4 * k)
+                            : make_float4(0.f, 0.f, 0.f, 0.f);
+        xv[4 * k] = a.x, xv[4 * k + 1] = a.y, xv[4 * k + 2] = a.z, xv[4 * k + 3] = a.w;
+        wv[4 * k] = b.x, wv[4 * k + 1] = b.y, wv[4 * k + 2] = b.z, wv[4 * k + 3] = b.w;
+      }
     } else {
-      dst[0] = make_uint2(prmt(v[0], v[1], 0x5410), prmt(v[2], v[3], 0x5410));  // 0 2 4 6
-      dst[1] = make_uint2(prmt(v[4], v[5], 0x5410), prmt(v[6], v[7], 0x5410));  // 8 ... 14
-      dst[8] = make_uint2(prmt(v[0], v[1], 0x7632), prmt(v[2], v[3], 0x7632));  // 1 3 5 7
-      dst[9] = make_uint2(prmt(v[4], v[5], 0x7632), prmt(v[6], v[7], 0x7632));  // 9 ... 15
+#pragma unroll
+      for (int k = 0; k < 16; k++) {
+        const bool in = col + k < p.cols;
+        xv[k] = in ? src[col + k] : 0.0f;
+        wv[k] = in ? p.norm_w[col + k] : 0.0f;
+      }
     }
+  };
+  if (int(threadIdx.x) < total) load(threadIdx.x);
+
+  const int n_parts = (p.cols + kTileRows - 1) / kTileRows;
+  for (int tok = 0; tok < p.n_tokens; tok++) {
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < n_parts; i += kGemvThreads)
+      s += p.norm_sumsq[int64_t(tok) * n_parts + i];
+    s = warp_sum(s);
+    if (lane == 0) red[tok * kGemvWarps + warp] = s;
+  }
+  __syncthreads();
+  float* scale = red + kLutGemvNormMaxTokens * kGemvWarps;
+  if (int(threadIdx.x) < p.n_tokens) {
+    float s = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kGemvWarps; w++) s += red[threadIdx.x * kGemvWarps + w];
+    scale[threadIdx.x] = 1.0f / sqrtf(s / float(p.cols) + p.norm_eps);
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < total; i += kGemvThreads) {
+    if (i != int(threadIdx.x)) load(i);
+    const int tok = i / n_groups, q = i - tok * n_groups;
+    const float sc = scale[tok];
+    uint32_t v[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+      v[k] = uint32_t(f2h(xv[2 * k] * sc * wv[2 * k])) |
+             uint32_t(f2h(xv[2 * k + 1] * sc * wv[2 * k + 1])) << 16;
+    gemv_store_x_group<BITS>(p, xs, tok, q, v);
   }
 }
 
@@ -506,9 +599,11 @@ __device__ __forceinline__ int warp_transpose_index(int lane) {
   return idx;
 }
 
-template <int BITS, int NTILE, int G>
+// NORM: the norm fusion (x staged from norm_x; one chunk). Its own instantiations, so the
+// kernels without it keep their code (the GEMV sits at the register cap).
+template <int BITS, int NTILE, int G, bool NORM = false>
 __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
-    lut_gemv_kernel(const GemvParams p) {
+    lut_gemv_kernel(const GemvParamsOf<NORM> p) {
   constexpr int QW = kQuarterWords<BITS>, NT8 = 8 * NTILE;
   constexpr int kUnitBytes = 16 * BITS;
   // Shared memory: x_s [xs_bytes] | GemvShared | each warp's ring of kStages items.
@@ -647,7 +742,10 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
   // it overlaps the previous kernel; x and y belong to the earlier kernels (kernels/pdl.cuh).
   pdl_wait();
   pdl_launch_dependents();
-  if (p.n_chunks == 1) gemv_stage_x<BITS, G>(p, xs, 0);
+  if constexpr (NORM)
+    gemv_stage_x_norm<BITS, G>(p, xs, &sh.red[0][0][0][0]);
+  else if (p.n_chunks == 1)
+    gemv_stage_x<BITS, G>(p, xs, 0);
   __syncthreads();
 
   int stage = 0;  // ring stage of the warp's next item
@@ -672,7 +770,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
 
     for (int c = 0; c < p.n_chunks; c++) {
       const int item0 = c * p.chunk_items, item1 = min(item0 + p.chunk_items, p.n_items);
-      if (p.n_chunks > 1) {
+      if (!NORM && p.n_chunks > 1) {
         __syncthreads();  // everyone is done with the previous chunk
         gemv_stage_x<BITS, G>(p, xs, c);
         __syncthreads();
@@ -721,7 +819,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
         for (int i = 0; i < NT8; i++) s[rr][i] = 0.0f;
         const int k0 = rp_cur[2 * rr], k1 = rp_cur[2 * rr + 1];
         auto add = [&](int col, float v) {
-          if (p.n_chunks == 1) {
+          if (NORM || p.n_chunks == 1) {
             const uint16_t* xc = xs_h + xs_offset<BITS>(col);
 #pragma unroll
             for (int i = 0; i < NT8; i++) {
@@ -781,12 +879,22 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
         const float gate = row_sum(rl, tok), up = row_sum(rl + 8, tok);
         p.swiglu_out[int64_t(tok) * hidden + tile * 8 + rl] = f2h(gate / (1.0f + expf(-gate)) * up);
       }
-    } else if (int(threadIdx.x) < kTileRows * p.n_tokens) {
+    } else {
       const int rl = threadIdx.x & 15, tok = threadIdx.x >> 4, r = tile * kTileRows + rl;
-      const float s = row_sum(rl, tok);
-      if (r < p.rows) {
+      float out = 0.0f;
+      if (tok < p.n_tokens && r < p.rows) {
         float* y = p.y + int64_t(tok) * p.rows + r;
-        *y = p.accumulate ? *y + s : s;
+        const float s = row_sum(rl, tok);
+        out = p.accumulate ? *y + s : s;
+        *y = out;
+      }
+      // The tile's sum of squares per token (the next norm's input): a 16-lane tree over
+      // whole warps (lanes past the tokens add zeros).
+      if (p.sumsq_out && warp * 2 < p.n_tokens) {
+        float q = out * out;
+#pragma unroll
+        for (int o = 8; o >= 1; o >>= 1) q += __shfl_xor_sync(0xffffffffu, q, o);
+        if (rl == 0 && tok < p.n_tokens) p.sumsq_out[int64_t(tok) * p.n_tiles + tile] = q;
       }
     }
   }
@@ -1014,9 +1122,11 @@ template <int BITS>
 void init_bits(int smem) {
   allow_smem(lut_gemv_kernel<BITS, 1, kItemUnits<BITS>>, smem);
   allow_smem(lut_gemv_kernel<BITS, 2, kItemUnits<BITS>>, smem);
+  allow_smem(lut_gemv_kernel<BITS, 1, kItemUnits<BITS>, true>, smem);
   if constexpr (kItemUnits<BITS> != 2) {
     allow_smem(lut_gemv_kernel<BITS, 1, 2>, smem);
     allow_smem(lut_gemv_kernel<BITS, 2, 2>, smem);
+    allow_smem(lut_gemv_kernel<BITS, 1, 2, true>, smem);
   }
   allow_smem(lut_gemm_kernel<BITS, 128, 128, 4, 4>, smem);
   allow_smem(lut_gemm_kernel<BITS, 64, 64, 2, 2>, smem);
@@ -1056,13 +1166,16 @@ LinearParams linear_params(const PackedMatrix& w, const uint16_t* x, int n_token
   return p;
 }
 
-// Parameters and shared memory of lut_gemv_kernel<BITS, NTILE, G>; returns its blocks per SM.
-template <int BITS, int NTILE, int G>
+// Parameters and shared memory of lut_gemv_kernel<BITS, NTILE, G, NORM>; returns its blocks
+// per SM.
+template <int BITS, int NTILE, int G, bool NORM = false>
 int plan_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
-              const LutGemmFusion& f, const DeviceInfo& dev, GemvParams& p, size_t& smem) {
-  p = GemvParams{};
+              const LutGemmFusion& f, const DeviceInfo& dev, GemvParamsOf<NORM>& p, size_t& smem) {
+  p = GemvParamsOf<NORM>{};
   static_cast<LinearParams&>(p) = linear_params(w, x, n_tokens, y);
-  p.accumulate = f.accumulate, p.swiglu_out = f.swiglu_out;
+  p.accumulate = f.accumulate, p.swiglu_out = f.swiglu_out, p.sumsq_out = f.sumsq_out;
+  if constexpr (NORM)
+    p.norm_x = f.norm_x, p.norm_w = f.norm_w, p.norm_sumsq = f.norm_sumsq, p.norm_eps = f.norm_eps;
   p.n_items = (p.n_units + G - 1) / G;
   p.n_tiles = (w.rows + kTileRows - 1) / kTileRows;
 
@@ -1084,7 +1197,7 @@ int plan_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
   if (smem > size_t(dev.smem_optin))
     throw std::runtime_error("lut_gemm_cuda: x does not fit in shared memory (" +
                              std::to_string(smem) + " bytes)");
-  return blocks_per_sm(lut_gemv_kernel<BITS, NTILE, G>, kGemvThreads, smem);
+  return blocks_per_sm(lut_gemv_kernel<BITS, NTILE, G, NORM>, kGemvThreads, smem);
 }
 
 // 3/2 bits: items of 4 units (fewer per-item overheads) unless x leaves room for only one
@@ -1092,27 +1205,46 @@ int plan_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
 // x of 64 KB at K = 4096 (2 blocks per SM instead of 1) or 172 KB at K = 11008 (one chunk
 // instead of two). Measured: tg128 batch 8 on LLaMA-7B 3-bit 5.05 -> 3.75 ms per step. Not
 // otherwise: at one token, 3 blocks of G = 2 against 2 of G = 4 (down, K = 11008) was 20% slower.
-template <int BITS, int NTILE>
+template <int BITS, int NTILE, bool NORM = false>
 void launch_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
                  const LutGemmFusion& f, cudaStream_t stream, const DeviceInfo& dev) {
   constexpr int G = kItemUnits<BITS>;
-  GemvParams p;
+  GemvParamsOf<NORM> p;
   size_t smem = 0;
-  const int blocks = plan_gemv<BITS, NTILE, G>(w, x, n_tokens, y, f, dev, p, smem);
+  const int blocks = plan_gemv<BITS, NTILE, G, NORM>(w, x, n_tokens, y, f, dev, p, smem);
   if constexpr (G != 2) {
     if (blocks == 1 || p.n_chunks > 1) {  // else there is nothing G = 2 could improve
-      GemvParams p2;
+      GemvParamsOf<NORM> p2;
       size_t smem2 = 0;
-      const int blocks2 = plan_gemv<BITS, NTILE, 2>(w, x, n_tokens, y, f, dev, p2, smem2);
+      const int blocks2 = plan_gemv<BITS, NTILE, 2, NORM>(w, x, n_tokens, y, f, dev, p2, smem2);
       if ((blocks == 1 && blocks2 > 1) || (p.n_chunks > 1 && p2.n_chunks == 1)) {
         const int grid = std::min(p2.n_tiles, dev.n_sms * blocks2);
-        launch_pdl(lut_gemv_kernel<BITS, NTILE, 2>, grid, kGemvThreads, smem2, stream, p2);
+        launch_pdl(lut_gemv_kernel<BITS, NTILE, 2, NORM>, grid, kGemvThreads, smem2, stream, p2);
         return;
       }
     }
   }
+  if (NORM && p.n_chunks > 1)
+    throw std::invalid_argument("lut_gemm_cuda: the norm fusion needs x (" +
+                                std::to_string(n_tokens) + " x " + std::to_string(w.cols) +
+                                ") in shared memory in one piece (lut_gemm_cuda_norm_fusable)");
   const int grid = std::min(p.n_tiles, dev.n_sms * blocks);
-  launch_pdl(lut_gemv_kernel<BITS, NTILE, G>, grid, kGemvThreads, smem, stream, p);
+  launch_pdl(lut_gemv_kernel<BITS, NTILE, G, NORM>, grid, kGemvThreads, smem, stream, p);
+}
+
+// Whether lut_gemv_kernel<BITS, 1, G, true> runs x in one chunk for some G launch_gemv tries.
+template <int BITS>
+bool norm_fits(const PackedMatrix& w, int n_tokens, const DeviceInfo& dev) {
+  GemvNormParams p;
+  size_t smem = 0;
+  const LutGemmFusion f;
+  plan_gemv<BITS, 1, kItemUnits<BITS>, true>(w, nullptr, n_tokens, nullptr, f, dev, p, smem);
+  if (p.n_chunks == 1) return true;
+  if constexpr (kItemUnits<BITS> != 2) {
+    plan_gemv<BITS, 1, 2, true>(w, nullptr, n_tokens, nullptr, f, dev, p, smem);
+    return p.n_chunks == 1;
+  }
+  return false;
 }
 
 template <int BITS, int BM, int BN, int MT, int NT>
@@ -1138,7 +1270,9 @@ void launch_gemm(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* 
 template <int BITS>
 void launch_bits(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
                  const LutGemmFusion& f, cudaStream_t stream, const DeviceInfo& dev) {
-  if (n_tokens <= 8)
+  if (f.norm_x)
+    launch_gemv<BITS, 1, true>(w, x, n_tokens, y, f, stream, dev);
+  else if (n_tokens <= 8)
     launch_gemv<BITS, 1>(w, x, n_tokens, y, f, stream, dev);
   else if (n_tokens <= kMaxGemvTokens)
     launch_gemv<BITS, 2>(w, x, n_tokens, y, f, stream, dev);
@@ -1149,6 +1283,14 @@ void launch_bits(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* 
 }  // namespace
 
 void lut_gemm_cuda_init() { device_info(); }
+
+bool lut_gemm_cuda_norm_fusable(const PackedMatrix& w, int n_tokens) {
+  if (n_tokens < 1 || n_tokens > kLutGemvNormMaxTokens || w.bits < 2 || w.bits > 4 || w.cols <= 0)
+    return false;
+  const DeviceInfo& dev = device_info();
+  if (w.bits == 2) return norm_fits<2>(w, n_tokens, dev);
+  return w.bits == 3 ? norm_fits<3>(w, n_tokens, dev) : norm_fits<4>(w, n_tokens, dev);
+}
 
 void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
                    cudaStream_t stream) {
@@ -1177,7 +1319,7 @@ void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float
     throw std::invalid_argument("lut_gemm_cuda: " + std::to_string(w.cols) +
                                 " columns; the GPU kernels take at most " +
                                 std::to_string(kLutGpuMaxCols) + " (16-bit outlier columns)");
-  const bool fused = f.accumulate || f.swiglu_out;
+  const bool fused = f.accumulate || f.swiglu_out || f.norm_x || f.sumsq_out;
   if (fused && n_tokens > kLutGemvMaxTokens)
     throw std::invalid_argument(
         "lut_gemm_cuda: fusions need n_tokens <= " + std::to_string(kLutGemvMaxTokens) + ", got " +
@@ -1187,6 +1329,12 @@ void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float
         "lut_gemm_cuda: fused SwiGLU needs rows % 16 == 0 (gate/up "
         "interleaved by 8), got " +
         std::to_string(w.rows) + " rows, and no accumulate");
+  if (f.norm_x && (!f.norm_w || !f.norm_sumsq || n_tokens > kLutGemvNormMaxTokens))
+    throw std::invalid_argument("lut_gemm_cuda: the norm fusion needs norm_x, norm_w and "
+                                "norm_sumsq, and n_tokens <= " +
+                                std::to_string(kLutGemvNormMaxTokens));
+  if (f.sumsq_out && f.swiglu_out)
+    throw std::invalid_argument("lut_gemm_cuda: sumsq_out and swiglu_out together");
   const DeviceInfo& dev = device_info();
   if (n_tokens == 0 || w.rows == 0) return;
   switch (w.bits) {

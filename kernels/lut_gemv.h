@@ -59,8 +59,29 @@ struct LutGemmFusion {
   // swiglu_out device fp16 [n_tokens, rows / 2] gets fp16(silu(gate) * up), swiglu_cuda's
   // formula. y is not written (may be null).
   uint16_t* swiglu_out = nullptr;
+  // RMSNorm in front (n_tokens <= kLutGemvNormMaxTokens): the x argument is not read; the
+  // kernel computes it from the fp32 residual norm_x [n_tokens, cols] and the fp32 norm
+  // weights norm_w [cols], as rmsnorm_cuda does:
+  //   x[t, c] = fp16(norm_x[t, c] * scale_t * norm_w[c]),
+  //   scale_t = 1 / sqrt(sum_j norm_sumsq[t, j] / cols + norm_eps),
+  // from the partial sums of squares norm_sumsq [n_tokens, ceil(cols / 16)] that the linear
+  // which wrote norm_x left (sumsq_out). The sum runs in a fixed order (deterministic); it is
+  // not rmsnorm_cuda's order, so x can differ from it in the last bit. Each block stages
+  // every token: worth it at one token only (engine/cuda_backend.cu has the measurements).
+  const float* norm_x = nullptr;
+  const float* norm_w = nullptr;
+  const float* norm_sumsq = nullptr;
+  float norm_eps = 1e-5f;
+  // Partial sums of squares of the output rows (after accumulate), for the next linear's
+  // norm: sumsq_out [n_tokens, ceil(rows / 16)] fp32, entry (t, j) = sum of y[t, r]^2 over
+  // rows r of 16-row tile j. Not with swiglu_out.
+  float* sumsq_out = nullptr;
 };
 constexpr int kLutGemvMaxTokens = 16;
+constexpr int kLutGemvNormMaxTokens = 8;
+// Whether the norm fusion can run for w and n_tokens: n_tokens <= kLutGemvNormMaxTokens and
+// x of n_tokens x cols fits in the GEMV's shared memory in one piece.
+bool lut_gemm_cuda_norm_fusable(const PackedMatrix& w, int n_tokens);
 void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
                    cudaStream_t stream, const LutGemmFusion& fusion);
 

@@ -480,6 +480,108 @@ TEST(LutGemmFusion, SwigluOutput) {
   }
 }
 
+// The norm fusion's scale, computed as the kernel does (kernels/lut_gemv.cu,
+// gemv_stage_x_norm): thread i of 256 sums partials i, i + 256, ...; a 32-lane xor tree per
+// warp; the 8 warp sums in order; then 1 / sqrt(s / cols + eps), all in fp32.
+float kernel_norm_scale(const float* parts, int n_parts, int cols, float eps) {
+  float total = 0.0f;
+  for (int w = 0; w < 8; w++) {
+    float v[32];
+    for (int l = 0; l < 32; l++) {
+      v[l] = 0.0f;
+      for (int i = 32 * w + l; i < n_parts; i += 256) v[l] += parts[i];
+    }
+    for (int o = 16; o >= 1; o >>= 1) {
+      float nv[32];
+      for (int l = 0; l < 32; l++) nv[l] = v[l] + v[l ^ o];
+      std::copy(nv, nv + 32, v);
+    }
+    total += v[0];
+  }
+  return 1.0f / std::sqrt(total / float(cols) + eps);
+}
+
+// RMSNorm in front: the same bits as the plain kernel on x = fp16(norm_x * scale * norm_w)
+// with the scale summed in the kernel's order, and that scale within 1e-6 of the exact one.
+TEST(LutGemmFusion, NormInFront) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(25);
+  std::normal_distribution<float> nd;
+  const float eps = 1e-5f;
+  for (int bits : {2, 3, 4})
+    for (int cols : {1000, 4096, 5000})
+      for (int n : {1, 5, 8}) {
+        SCOPED_TRACE("bits " + std::to_string(bits) + " cols " + std::to_string(cols) + " n " +
+                     std::to_string(n));
+        TestMatrix m(333, cols, bits, Outliers::MANY, rng);
+        ASSERT_TRUE(lut_gemm_cuda_norm_fusable(m.dev, n));
+        const int n_parts = (cols + 15) / 16;
+        std::vector<float> x(size_t(n) * cols), w(cols), parts(size_t(n) * n_parts, 0.0f);
+        for (auto& v : x) v = 3.0f * nd(rng);
+        for (auto& v : w) v = 1.0f + 0.2f * nd(rng);
+        std::vector<uint16_t> xn(x.size());
+        for (int t = 0; t < n; t++) {
+          double exact = 0;
+          for (int c = 0; c < cols; c++) {
+            const float v = x[size_t(t) * cols + c];
+            parts[size_t(t) * n_parts + c / 16] += v * v;
+            exact += double(v) * v;
+          }
+          const float sc = kernel_norm_scale(&parts[size_t(t) * n_parts], n_parts, cols, eps);
+          EXPECT_NEAR(sc, 1.0 / std::sqrt(exact / cols + eps), 1e-6 * sc);
+          for (int c = 0; c < cols; c++)
+            xn[size_t(t) * cols + c] = f32_to_f16(x[size_t(t) * cols + c] * sc * w[c]);
+        }
+        DeviceBuf<uint16_t> d_xn(xn);
+        const std::vector<float> y0(size_t(n) * m.rows, 0.0f);
+        const std::vector<float> want = run_fused(m, d_xn.p, n, LutGemmFusion{}, y0);
+        DeviceBuf<float> d_x(x), d_w(w), d_parts(parts);
+        LutGemmFusion f;
+        f.norm_x = d_x.p, f.norm_w = d_w.p, f.norm_sumsq = d_parts.p, f.norm_eps = eps;
+        EXPECT_EQ(run_fused(m, nullptr, n, f, y0), want);
+      }
+}
+
+// The partial sums of squares of the output (after the residual add): per token and 16-row
+// tile, the 16-lane xor tree of y^2 the kernel uses, bit for bit; the last tile of 333 rows
+// is partial.
+TEST(LutGemmFusion, SumsOfSquaresOut) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(26);
+  std::normal_distribution<float> nd;
+  for (int n : {1, 3, 8, 11}) {
+    SCOPED_TRACE("n " + std::to_string(n));
+    TestMatrix m(333, 1000, 3, Outliers::MANY, rng);
+    const int tiles = (m.rows + 15) / 16;
+    std::vector<uint16_t> x16;
+    std::vector<float> x32, y0(size_t(n) * m.rows);
+    random_x(n, m.cols, rng, x16, x32);
+    for (auto& v : y0) v = nd(rng);
+    DeviceBuf<uint16_t> d_x(x16);
+    DeviceBuf<float> d_y(y0), d_ss(size_t(n) * tiles);
+    LutGemmFusion f;
+    f.accumulate = true, f.sumsq_out = d_ss.p;
+    lut_gemm_cuda(m.dev, d_x.p, n, d_y.p, nullptr, f);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const std::vector<float> y = d_y.download(), ss = d_ss.download();
+    for (int t = 0; t < n; t++)
+      for (int j = 0; j < tiles; j++) {
+        float v[16];
+        for (int l = 0; l < 16; l++) {
+          const int r = 16 * j + l;
+          const float yr = r < m.rows ? y[size_t(t) * m.rows + r] : 0.0f;
+          v[l] = yr * yr;
+        }
+        for (int o = 8; o >= 1; o >>= 1) {
+          float nv[16];
+          for (int l = 0; l < 16; l++) nv[l] = v[l] + v[l ^ o];
+          std::copy(nv, nv + 16, v);
+        }
+        ASSERT_EQ(ss[size_t(t) * tiles + j], v[0]) << "token " << t << " tile " << j;
+      }
+  }
+}
+
 TEST(LutGemmFusion, RejectsBadArguments) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(24);
@@ -492,6 +594,16 @@ TEST(LutGemmFusion, RejectsBadArguments) {
   LutGemmFusion sw;
   sw.swiglu_out = d_h.p;  // 40 rows: not a multiple of 16
   EXPECT_THROW(lut_gemm_cuda(m.dev, d_x.p, 1, d_y.p, nullptr, sw), std::invalid_argument);
+  DeviceBuf<float> d_f(size_t(17) * 128);
+  LutGemmFusion norm;
+  norm.norm_x = d_f.p, norm.norm_w = d_f.p;  // no partial sums
+  EXPECT_THROW(lut_gemm_cuda(m.dev, nullptr, 1, d_y.p, nullptr, norm), std::invalid_argument);
+  norm.norm_sumsq = d_f.p;  // 9 tokens: more than the norm fusion takes
+  EXPECT_THROW(lut_gemm_cuda(m.dev, nullptr, 9, d_y.p, nullptr, norm), std::invalid_argument);
+  EXPECT_FALSE(lut_gemm_cuda_norm_fusable(m.dev, 9));
+  TestMatrix wide(16, 60000, 3, Outliers::NONE, rng);  // x of 8 x 60000 fp16: no room
+  EXPECT_FALSE(lut_gemm_cuda_norm_fusable(wide.dev, 8));
+  EXPECT_TRUE(lut_gemm_cuda_norm_fusable(wide.dev, 1));
 }
 
 // lut_dequant_cuda: every element equals f32_to_f16 of the CPU row (LUT value + outliers in
