@@ -113,12 +113,7 @@ void lut_dequant_cuda(const PackedMatrix& w, uint16_t* out, cudaStream_t stream)
                                 ", expected " + std::to_string(packed_row_bytes(w.cols, w.bits)));
   if (reinterpret_cast<uintptr_t>(w.indices) % 4 != 0)
     throw std::invalid_argument("lut_dequant_cuda: indices must be 4-byte aligned");
-  if (w.nnz > 0 && (!w.row_ptr || !w.outliers))
-    throw std::invalid_argument("lut_dequant_cuda: nnz > 0 without row_ptr and outliers");
-  if (w.cols > kLutGpuMaxCols)
-    throw std::invalid_argument("lut_dequant_cuda: " + std::to_string(w.cols) +
-                                " columns; the GPU kernels take at most " +
-                                std::to_string(kLutGpuMaxCols) + " (16-bit outlier columns)");
+  check_gpu_outliers(w, "lut_dequant_cuda");
   if (w.rows == 0) return;
   auto kernel = w.bits == 2   ? lut_dequant_kernel<2>
                 : w.bits == 3 ? lut_dequant_kernel<3>

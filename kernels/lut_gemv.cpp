@@ -35,4 +35,13 @@ void pack_outliers(const int32_t* col_idx, const uint16_t* values, int64_t nnz, 
   }
 }
 
+void check_gpu_outliers(const PackedMatrix& w, const char* who) {
+  if (w.nnz > 0 && (!w.row_ptr || !w.outliers))
+    throw std::invalid_argument(std::string(who) + ": nnz > 0 without row_ptr and outliers");
+  if (w.cols > kLutGpuMaxCols)
+    throw std::invalid_argument(std::string(who) + ": " + std::to_string(w.cols) +
+                                " columns; the GPU kernels take at most " +
+                                std::to_string(kLutGpuMaxCols) + " (16-bit outlier columns)");
+}
+
 }  // namespace sqz

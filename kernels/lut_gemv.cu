@@ -1313,12 +1313,7 @@ void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float
   if (reinterpret_cast<uintptr_t>(w.indices) % 16 != 0 ||
       reinterpret_cast<uintptr_t>(w.lut) % 8 != 0)
     throw std::invalid_argument("lut_gemm_cuda: indices must be 16-byte and lut 8-byte aligned");
-  if (w.nnz > 0 && (!w.row_ptr || !w.outliers))
-    throw std::invalid_argument("lut_gemm_cuda: nnz > 0 without row_ptr and outliers");
-  if (w.cols > kLutGpuMaxCols)
-    throw std::invalid_argument("lut_gemm_cuda: " + std::to_string(w.cols) +
-                                " columns; the GPU kernels take at most " +
-                                std::to_string(kLutGpuMaxCols) + " (16-bit outlier columns)");
+  check_gpu_outliers(w, "lut_gemm_cuda");
   const bool fused = f.accumulate || f.swiglu_out || f.norm_x || f.sumsq_out;
   if (fused && n_tokens > kLutGemvMaxTokens)
     throw std::invalid_argument(

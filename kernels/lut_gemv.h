@@ -25,6 +25,9 @@ struct PackedMatrix {
 constexpr int kLutGpuMaxCols = 65536;
 // out[k] = col_idx[k] | values[k] << 16; every col_idx[k] must be in [0, kLutGpuMaxCols).
 void pack_outliers(const int32_t* col_idx, const uint16_t* values, int64_t nnz, uint32_t* out);
+// Throws std::invalid_argument, naming `who`, unless w's outliers are in the GPU's form: row_ptr
+// and outliers set when nnz > 0, and cols <= kLutGpuMaxCols.
+void check_gpu_outliers(const PackedMatrix& w, const char* who);
 
 // CPU: y[t, r] = sum_c W[r, c] * x[t, c] for t < n_tokens; x [n_tokens, cols],
 // y [n_tokens, rows], fp32 accumulate. Each row is decoded once for all tokens.
