@@ -394,7 +394,7 @@ class CudaBackend : public Backend {
     att_ = a.take<uint16_t>(M * c_.q_dim());
     gu_ = a.take<float>(M * 2 * c_.hidden_dim);
     hb_ = a.take<uint16_t>(M * c_.hidden_dim);
-    sumsq_ = a.take<float>(M * size_t((c_.dim + 15) / 16));
+    sumsq_ = a.take<float>(size_t(kNormFusionMaxTokens) * ((c_.dim + 15) / 16));
     logits_ = a.take<float>(M * c_.vocab_size);
     topk_ = a.take<int>(M * kTopKMax * 2);
     size_t attn_floats = 0;
@@ -661,28 +661,22 @@ class CudaBackend : public Backend {
     auto norm_linear = [&](const float* norm_w, const DeviceLinear& L, float* y,
                            uint16_t* swiglu_out, bool fused_norm) {
       const bool swiglu_fused = swiglu_out && L.interleave == kSwigluBlock && gemv_fusable(L, n);
-      if (fused_norm) {
+      if (!fused_norm) {
+        RmsNormCudaParams rn;
+        rn.x = x_, rn.weight = norm_w, rn.out = xn_, rn.n_rows = n, rn.dim = dim;
+        rn.eps = c_.norm_eps;
+        rmsnorm_cuda(rn, st);
+      }
+      if (fused_norm || swiglu_fused) {  // one packed matrix, the GEMV with its fusions
         LutGemmFusion f;
-        f.norm_x = x_, f.norm_w = norm_w, f.norm_sumsq = sumsq_, f.norm_eps = c_.norm_eps;
+        if (fused_norm)
+          f.norm_x = x_, f.norm_w = norm_w, f.norm_sumsq = sumsq_, f.norm_eps = c_.norm_eps;
         if (swiglu_fused) f.swiglu_out = swiglu_out;
-        lut_gemm_cuda(L.parts[0].pm, nullptr, n, y, st, f);
-        if (swiglu_out && !swiglu_fused)
-          swiglu_cuda(y, n, c_.hidden_dim, L.interleave ? L.interleave : c_.hidden_dim,
-                      swiglu_out, st);
-        return;
+        lut_gemm_cuda(L.parts[0].pm, fused_norm ? nullptr : xn_, n, y, st, f);
+      } else {
+        linear(L, xn_, n, y);
       }
-      RmsNormCudaParams rn;
-      rn.x = x_, rn.weight = norm_w, rn.out = xn_, rn.n_rows = n, rn.dim = dim;
-      rn.eps = c_.norm_eps;
-      rmsnorm_cuda(rn, st);
-      if (swiglu_fused) {
-        LutGemmFusion f;
-        f.swiglu_out = swiglu_out;
-        lut_gemm_cuda(L.parts[0].pm, xn_, n, y, st, f);
-        return;
-      }
-      linear(L, xn_, n, y);
-      if (swiglu_out)
+      if (swiglu_out && !swiglu_fused)
         swiglu_cuda(y, n, c_.hidden_dim, L.interleave ? L.interleave : c_.hidden_dim, swiglu_out,
                     st);
     };
@@ -762,7 +756,7 @@ class CudaBackend : public Backend {
   uint16_t* att_ = nullptr;        // [M, q_dim] fp16
   float* gu_ = nullptr;            // [M, 2 hidden_dim]
   uint16_t* hb_ = nullptr;         // [M, hidden_dim] fp16
-  float* sumsq_ = nullptr;         // [M, dim / 16] partial sums of squares of x (norm fusion)
+  float* sumsq_ = nullptr;  // [kNormFusionMaxTokens, dim / 16] partial sums of squares of x
   float* logits_ = nullptr;        // [M, vocab]
   int* topk_ = nullptr;            // [M * kTopKMax] ids then [M * kTopKMax] values
   float* attn_scratch_ = nullptr;  // decode split partials

@@ -1205,46 +1205,54 @@ int plan_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
 // x of 64 KB at K = 4096 (2 blocks per SM instead of 1) or 172 KB at K = 11008 (one chunk
 // instead of two). Measured: tg128 batch 8 on LLaMA-7B 3-bit 5.05 -> 3.75 ms per step. Not
 // otherwise: at one token, 3 blocks of G = 2 against 2 of G = 4 (down, K = 11008) was 20% slower.
+// The GEMV launch launch_gemv makes: G (units per item), its parameters, shared memory and
+// blocks per SM.
+template <bool NORM>
+struct GemvPlan {
+  int g = 0;
+  GemvParamsOf<NORM> p;
+  size_t smem = 0;
+  int blocks = 0;
+};
+template <int BITS, int NTILE, bool NORM>
+GemvPlan<NORM> choose_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
+                           const LutGemmFusion& f, const DeviceInfo& dev) {
+  constexpr int G = kItemUnits<BITS>;
+  GemvPlan<NORM> a;
+  a.g = G;
+  a.blocks = plan_gemv<BITS, NTILE, G, NORM>(w, x, n_tokens, y, f, dev, a.p, a.smem);
+  if constexpr (G != 2) {
+    if (a.blocks == 1 || a.p.n_chunks > 1) {  // else there is nothing G = 2 could improve
+      GemvPlan<NORM> b;
+      b.g = 2;
+      b.blocks = plan_gemv<BITS, NTILE, 2, NORM>(w, x, n_tokens, y, f, dev, b.p, b.smem);
+      if ((a.blocks == 1 && b.blocks > 1) || (a.p.n_chunks > 1 && b.p.n_chunks == 1)) return b;
+    }
+  }
+  return a;
+}
+
 template <int BITS, int NTILE, bool NORM = false>
 void launch_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
                  const LutGemmFusion& f, cudaStream_t stream, const DeviceInfo& dev) {
-  constexpr int G = kItemUnits<BITS>;
-  GemvParamsOf<NORM> p;
-  size_t smem = 0;
-  const int blocks = plan_gemv<BITS, NTILE, G, NORM>(w, x, n_tokens, y, f, dev, p, smem);
-  if constexpr (G != 2) {
-    if (blocks == 1 || p.n_chunks > 1) {  // else there is nothing G = 2 could improve
-      GemvParamsOf<NORM> p2;
-      size_t smem2 = 0;
-      const int blocks2 = plan_gemv<BITS, NTILE, 2, NORM>(w, x, n_tokens, y, f, dev, p2, smem2);
-      if ((blocks == 1 && blocks2 > 1) || (p.n_chunks > 1 && p2.n_chunks == 1)) {
-        const int grid = std::min(p2.n_tiles, dev.n_sms * blocks2);
-        launch_pdl(lut_gemv_kernel<BITS, NTILE, 2, NORM>, grid, kGemvThreads, smem2, stream, p2);
-        return;
-      }
-    }
-  }
-  if (NORM && p.n_chunks > 1)
+  const GemvPlan<NORM> c = choose_gemv<BITS, NTILE, NORM>(w, x, n_tokens, y, f, dev);
+  if (NORM && c.p.n_chunks > 1)
     throw std::invalid_argument("lut_gemm_cuda: the norm fusion needs x (" +
                                 std::to_string(n_tokens) + " x " + std::to_string(w.cols) +
                                 ") in shared memory in one piece (lut_gemm_cuda_norm_fusable)");
-  const int grid = std::min(p.n_tiles, dev.n_sms * blocks);
-  launch_pdl(lut_gemv_kernel<BITS, NTILE, G, NORM>, grid, kGemvThreads, smem, stream, p);
+  const int grid = std::min(c.p.n_tiles, dev.n_sms * c.blocks);
+  if (c.g == 2)
+    launch_pdl(lut_gemv_kernel<BITS, NTILE, 2, NORM>, grid, kGemvThreads, c.smem, stream, c.p);
+  else
+    launch_pdl(lut_gemv_kernel<BITS, NTILE, kItemUnits<BITS>, NORM>, grid, kGemvThreads, c.smem,
+               stream, c.p);
 }
 
-// Whether lut_gemv_kernel<BITS, 1, G, true> runs x in one chunk for some G launch_gemv tries.
+// Whether the norm variant launch_gemv would launch has x in one chunk.
 template <int BITS>
-bool norm_fits(const PackedMatrix& w, int n_tokens, const DeviceInfo& dev) {
-  GemvNormParams p;
-  size_t smem = 0;
+bool norm_one_chunk(const PackedMatrix& w, int n_tokens, const DeviceInfo& dev) {
   const LutGemmFusion f;
-  plan_gemv<BITS, 1, kItemUnits<BITS>, true>(w, nullptr, n_tokens, nullptr, f, dev, p, smem);
-  if (p.n_chunks == 1) return true;
-  if constexpr (kItemUnits<BITS> != 2) {
-    plan_gemv<BITS, 1, 2, true>(w, nullptr, n_tokens, nullptr, f, dev, p, smem);
-    return p.n_chunks == 1;
-  }
-  return false;
+  return choose_gemv<BITS, 1, true>(w, nullptr, n_tokens, nullptr, f, dev).p.n_chunks == 1;
 }
 
 template <int BITS, int BM, int BN, int MT, int NT>
@@ -1288,8 +1296,8 @@ bool lut_gemm_cuda_norm_fusable(const PackedMatrix& w, int n_tokens) {
   if (n_tokens < 1 || n_tokens > kLutGemvNormMaxTokens || w.bits < 2 || w.bits > 4 || w.cols <= 0)
     return false;
   const DeviceInfo& dev = device_info();
-  if (w.bits == 2) return norm_fits<2>(w, n_tokens, dev);
-  return w.bits == 3 ? norm_fits<3>(w, n_tokens, dev) : norm_fits<4>(w, n_tokens, dev);
+  if (w.bits == 2) return norm_one_chunk<2>(w, n_tokens, dev);
+  return w.bits == 3 ? norm_one_chunk<3>(w, n_tokens, dev) : norm_one_chunk<4>(w, n_tokens, dev);
 }
 
 void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,

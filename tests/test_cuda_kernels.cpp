@@ -272,17 +272,39 @@ AttnData make_attention(const AttnCase& c, std::mt19937& rng) {
 
 enum class AttnPath { PREFILL, DECODE };
 
+// One attention problem on the device (caches, q rows, positions, a poisoned output) and the
+// params that point at it.
+struct AttnOnDevice {
+  DeviceBuffer<uint16_t> kc, vc, out;
+  DeviceBuffer<float> q;
+  DeviceBuffer<int> pos, seq;
+  AttentionCudaParams p;
+  AttnOnDevice(const AttnCase& c, const AttnData& d)
+      : kc(d.kc), vc(d.vc), out(size_t(d.n) * c.n_heads * c.head_dim), q(d.q), pos(c.pos),
+        seq(c.seq) {
+    p.n_tokens = d.n, p.n_heads = c.n_heads, p.n_kv_heads = c.n_kv_heads;
+    p.head_dim = c.head_dim, p.q = q.p, p.q_stride = d.q_stride, p.k_cache = kc.p;
+    p.v_cache = vc.p, p.seq_stride = int64_t(c.ctx) * d.kv_dim, p.pos = pos.p, p.seq = seq.p;
+    p.out = out.p;
+  }
+};
+
+// The decode kernel's split partials and its counters, zeroed as attention_decode_cuda needs.
+struct DecodeScratch {
+  DeviceBuffer<float> partials;
+  DeviceBuffer<int> counters;
+  DecodeScratch(const AttnCase& c, int n, int n_splits)
+      : partials(std::max<size_t>(
+            1, attention_decode_scratch_floats(n, c.n_heads, c.head_dim, n_splits))),
+        counters(size_t(n) * c.n_kv_heads) {
+    CUDA_CHECK(cudaMemset(counters.p, 0, counters.n * sizeof(int)));
+  }
+};
+
 void check_attention(const AttnCase& c, const AttnData& d, AttnPath path, int n_splits) {
   SCOPED_TRACE(c.name + (path == AttnPath::PREFILL ? " prefill"
                                                    : " decode splits " + std::to_string(n_splits)));
-  DeviceBuffer<uint16_t> kc(d.kc), vc(d.vc), out(size_t(d.n) * c.n_heads * c.head_dim);
-  DeviceBuffer<float> q(d.q);
-  DeviceBuffer<int> pos(c.pos), seq(c.seq);
-  out.poison();
-  AttentionCudaParams p;
-  p.n_tokens = d.n, p.n_heads = c.n_heads, p.n_kv_heads = c.n_kv_heads, p.head_dim = c.head_dim;
-  p.q = q.p, p.q_stride = d.q_stride, p.k_cache = kc.p, p.v_cache = vc.p;
-  p.seq_stride = int64_t(c.ctx) * d.kv_dim, p.pos = pos.p, p.seq = seq.p, p.out = out.p;
+  AttnOnDevice a(c, d);
   if (path == AttnPath::PREFILL) {
     std::vector<AttentionTile> tiles(d.n);
     int n_tiles = attention_make_tiles(c.seq.data(), c.pos.data(), d.n, tiles.data());
@@ -290,21 +312,18 @@ void check_attention(const AttnCase& c, const AttnData& d, AttnPath path, int n_
     std::vector<int> raw(size_t(n_tiles) * 4);
     std::memcpy(raw.data(), tiles.data(), raw.size() * sizeof(int));
     DeviceBuffer<int> dt(raw);
-    attention_prefill_cuda(p, reinterpret_cast<const AttentionTile*>(dt.p), n_tiles, nullptr);
-    expect_close(f16_to_f32_vec(out.download()), d.ref, kAttnAbs, kF16OutRel, "attention");
+    attention_prefill_cuda(a.p, reinterpret_cast<const AttentionTile*>(dt.p), n_tiles, nullptr);
+    expect_close(f16_to_f32_vec(a.out.download()), d.ref, kAttnAbs, kF16OutRel, "attention");
   } else {
-    DeviceBuffer<float> scratch(
-        std::max<size_t>(1, attention_decode_scratch_floats(d.n, c.n_heads, c.head_dim, n_splits)));
-    DeviceBuffer<int> counters(size_t(d.n) * c.n_kv_heads);
-    CUDA_CHECK(cudaMemset(counters.p, 0, size_t(d.n) * c.n_kv_heads * sizeof(int)));
-    attention_decode_cuda(p, n_splits, scratch.p, counters.p, nullptr);
-    expect_close(f16_to_f32_vec(out.download()), d.ref, kAttnAbs, kF16OutRel, "attention");
+    DecodeScratch ds(c, d.n, n_splits);
+    attention_decode_cuda(a.p, n_splits, ds.partials.p, ds.counters.p, nullptr);
+    expect_close(f16_to_f32_vec(a.out.download()), d.ref, kAttnAbs, kF16OutRel, "attention");
     // Every call leaves the counters at zero, so a second call gives the same output.
-    EXPECT_EQ(counters.download(), std::vector<int>(size_t(d.n) * c.n_kv_heads, 0)) << c.name;
-    const std::vector<uint16_t> first = out.download();
-    out.poison();
-    attention_decode_cuda(p, n_splits, scratch.p, counters.p, nullptr);
-    EXPECT_EQ(out.download(), first) << c.name << ": second call differs";
+    EXPECT_EQ(ds.counters.download(), std::vector<int>(size_t(d.n) * c.n_kv_heads, 0)) << c.name;
+    const std::vector<uint16_t> first = a.out.download();
+    a.out.poison();
+    attention_decode_cuda(a.p, n_splits, ds.partials.p, ds.counters.p, nullptr);
+    EXPECT_EQ(a.out.download(), first) << c.name << ": second call differs";
   }
 }
 
@@ -388,34 +407,22 @@ TEST(AttentionCuda, DecodeSmallHeads) {
 void check_fused_append(const AttnCase& c, int n_splits, float theta, std::mt19937& rng) {
   SCOPED_TRACE(c.name + " fused append, splits " + std::to_string(n_splits));
   const AttnData d = make_attention(c, rng);
-  const int n = d.n;
-  const size_t n_out = size_t(n) * c.n_heads * c.head_dim;
-  DeviceBuffer<int> pos(c.pos), seq(c.seq);
-  DeviceBuffer<float> scratch(
-      std::max<size_t>(1, attention_decode_scratch_floats(n, c.n_heads, c.head_dim, n_splits)));
-  DeviceBuffer<int> counters(size_t(n) * c.n_kv_heads);
-  CUDA_CHECK(cudaMemset(counters.p, 0, counters.n * sizeof(int)));
+  DecodeScratch ds(c, d.n, n_splits);
   auto run = [&](bool fused, std::vector<uint16_t>& kc_out, std::vector<uint16_t>& vc_out) {
-    DeviceBuffer<uint16_t> kc(d.kc), vc(d.vc), out(n_out);
-    DeviceBuffer<float> q(d.q);
-    out.poison();
-    AttentionCudaParams p;
-    p.n_tokens = n, p.n_heads = c.n_heads, p.n_kv_heads = c.n_kv_heads, p.head_dim = c.head_dim;
-    p.q = q.p, p.q_stride = d.q_stride, p.k_cache = kc.p, p.v_cache = vc.p;
-    p.seq_stride = int64_t(c.ctx) * d.kv_dim, p.pos = pos.p, p.seq = seq.p, p.out = out.p;
+    AttnOnDevice a(c, d);
     if (fused) {
-      p.rope_theta = theta;
+      a.p.rope_theta = theta;
     } else {
       RopeCudaParams rp;
-      rp.qkv = q.p, rp.n_tokens = n, rp.stride = d.q_stride, rp.n_heads = c.n_heads;
+      rp.qkv = a.q.p, rp.n_tokens = d.n, rp.stride = d.q_stride, rp.n_heads = c.n_heads;
       rp.n_kv_heads = c.n_kv_heads, rp.head_dim = c.head_dim, rp.theta = theta;
-      rp.pos = pos.p, rp.seq = seq.p, rp.k_cache = kc.p, rp.v_cache = vc.p;
-      rp.seq_stride = p.seq_stride;
+      rp.pos = a.pos.p, rp.seq = a.seq.p, rp.k_cache = a.kc.p, rp.v_cache = a.vc.p;
+      rp.seq_stride = a.p.seq_stride;
       rope_cuda(rp, nullptr);
     }
-    attention_decode_cuda(p, n_splits, scratch.p, counters.p, nullptr);
-    kc_out = kc.download(), vc_out = vc.download();
-    return out.download();
+    attention_decode_cuda(a.p, n_splits, ds.partials.p, ds.counters.p, nullptr);
+    kc_out = a.kc.download(), vc_out = a.vc.download();
+    return a.out.download();
   };
   std::vector<uint16_t> kc_ref, vc_ref, kc_got, vc_got;
   const std::vector<uint16_t> ref = run(false, kc_ref, vc_ref);
@@ -424,7 +431,7 @@ void check_fused_append(const AttnCase& c, int n_splits, float theta, std::mt199
   EXPECT_EQ(kc_got, kc_ref) << "k cache";
   EXPECT_EQ(vc_got, vc_ref) << "v cache";
   EXPECT_NE(kc_got, d.kc) << "nothing appended";
-  EXPECT_EQ(counters.download(), std::vector<int>(counters.n, 0));
+  EXPECT_EQ(ds.counters.download(), std::vector<int>(ds.counters.n, 0));
 }
 
 TEST(AttentionCuda, DecodeFusedRopeAppendMatchesRopeThenDecode) {
