@@ -378,8 +378,8 @@ __global__ void __launch_bounds__(kThreads)
 //
 // Keys per chunk for a sequence of len keys: whole tiles, at least kAttentionDecodeSplitKeys
 // keys, at most n_splits chunks.
-__device__ __forceinline__ int decode_chunk(int len, int n_splits) {
-  const int n = min(n_splits, (len + kAttentionDecodeSplitKeys - 1) / kAttentionDecodeSplitKeys);
+__device__ __forceinline__ int decode_chunk(int len, int n_splits, int min_keys) {
+  const int n = min(n_splits, (len + min_keys - 1) / min_keys);
   const int chunk = (len + n - 1) / n;
   return (chunk + kKeyTile - 1) / kKeyTile * kKeyTile;
 }
@@ -423,13 +423,264 @@ __device__ void combine_head(const AttentionCudaParams& p, int n_splits, int n_u
   __syncthreads();  // w, red_* free for the next head
 }
 
+// Called by every thread of a split's block once its partials are in the scratch: the last
+// of the `arrivals` blocks of (kv head g, token t) to finish merges the n_used splits of
+// every head of the group (the
+// threadFenceReduction pattern: each block's partials are fenced before its count), then
+// resets the counter for the next call. The merge reads the splits in a fixed order, so the
+// result does not depend on which block comes last.
+__device__ void merge_if_last(const AttentionCudaParams& p, int n_splits, int n_used,
+                              const float* scratch, int* counters, int t, int g,
+                              int arrivals) {
+  __shared__ bool is_last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int* counter = counters + int64_t(t) * p.n_kv_heads + g;
+    is_last = atomicAdd(counter, 1) == arrivals - 1;
+    if (is_last) *counter = 0;
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  const int group = p.n_heads / p.n_kv_heads;
+  for (int j = 0; j < group; j++) combine_head(p, n_splits, n_used, scratch, t, g * group + j);
+}
+
+// Decode, warp tiles: the kernel for head_dim 64 or 128 and 16-byte aligned K/V rows
+// (attention_decode_cuda picks it; the kernel below takes the rest). Block (split s, kv head
+// g and GMAX of its query heads, token t): GMAX = 1 or 2 (hd 128), up to 4 (hd 64), as many
+// as fit the registers without spills (the K slices are converted once for all heads);
+// larger groups take several blocks, which read the same K/V. 4 warps; the chunk of split s (at least
+// kDecodeWarpSplitKeys keys) is cut into 32-key tiles and warp w takes tiles w, w + 4, ...,
+// so the 4 warps work on their own with no block barrier per tile; the warps' softmax states
+// are merged through shared memory at the end (and the splits, as above, by the last block).
+// In a tile, lane l loads 16 bytes (8 dims) of keys l / LK, l / LK + 32 / LK, ... (LK = hd / 8
+// lanes per key; one coalesced load covers 32 / LK keys) for K and V. Scores: each lane dots
+// its 8 dims of q with each of its LK key slices, and a transposing reduction over the LK
+// lanes of a key (LK - 1 shuffles) leaves every lane with the whole score of one key. Softmax
+// per warp (one key per lane). p . V: each lane gathers the p of its keys by shuffle and
+// accumulates its 8 dims; the key groups are summed at the end.
+// With rope_theta, cache positions < pos are loaded before the PDL wait (only this kernel
+// writes the cache, and the previous kernel does not: attention.h); this step's key, which
+// the block of the last chunk rotates and stores, joins its tile from shared memory.
+constexpr int kDecodeWarps = kThreads / 32;
+
+// Loads K (and V) rows of the tile at key0 into k (and v), zero for keys >= key_end and skip.
+template <int LK, bool V>
+__device__ __forceinline__ void kv_tile_fetch(uint4 (&k)[LK], uint4 (&v)[LK], const uint16_t* kb,
+                                              const uint16_t* vb, int row_stride, int key0,
+                                              int key_end, int skip) {
+  constexpr int KPL = 32 / LK;
+  const int lane = threadIdx.x & 31, kg = lane / LK, dl = (lane % LK) * 8;
+#pragma unroll
+  for (int r = 0; r < LK; r++) {
+    const int key = key0 + r * KPL + kg;
+    const bool ok = key < key_end && key != skip;
+    const int64_t off = int64_t(key) * row_stride + dl;
+    k[r] = ok ? __ldcg(reinterpret_cast<const uint4*>(kb + off)) : make_uint4(0, 0, 0, 0);
+    if (V) v[r] = ok ? __ldcg(reinterpret_cast<const uint4*>(vb + off)) : make_uint4(0, 0, 0, 0);
+  }
+}
+
+__device__ __forceinline__ float dot8(const float4& a, const float4& b, const uint4& h) {
+  const float2 h0 = __half22float2(*reinterpret_cast<const __half2*>(&h.x));
+  const float2 h1 = __half22float2(*reinterpret_cast<const __half2*>(&h.y));
+  const float2 h2 = __half22float2(*reinterpret_cast<const __half2*>(&h.z));
+  const float2 h3 = __half22float2(*reinterpret_cast<const __half2*>(&h.w));
+  float d = a.x * h0.x;
+  d += a.y * h0.y;
+  d += a.z * h1.x;
+  d += a.w * h1.y;
+  d += b.x * h2.x;
+  d += b.y * h2.y;
+  d += b.z * h3.x;
+  d += b.w * h3.y;
+  return d;
+}
+
+template <int LK, int GMAX>
+__global__ void __launch_bounds__(kThreads) attention_decode_warps_kernel(
+    AttentionCudaParams p, int n_splits, float* scratch, int* counters) {
+  constexpr int HD = 8 * LK, KPL = 32 / LK;
+  const int group = p.n_heads / p.n_kv_heads, n_chunks = (group + GMAX - 1) / GMAX;
+  const int s = blockIdx.x, g = blockIdx.y / n_chunks, t = blockIdx.z;
+  const int j0 = (blockIdx.y - g * n_chunks) * GMAX, nh = min(GMAX, group - j0);  // heads
+  const int len = p.pos[t] + 1, chunk = decode_chunk(len, n_splits, kDecodeWarpSplitKeys);
+  const int n_used = (len + chunk - 1) / chunk;  // chunks with keys
+  if (s >= n_used) return;
+  const int begin = s * chunk, end = min(len, begin + chunk);
+  const bool append = p.rope_theta > 0.0f, appends = append && end == len;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, kg = lane / LK;
+  const int dl = (lane % LK) * 8, kv_dim = p.n_kv_heads * HD;
+  const int64_t seq_off = int64_t(p.seq[t]) * p.seq_stride + g * HD;
+  uint16_t* kbase = p.k_cache + seq_off;
+  uint16_t* vbase = p.v_cache + seq_off;
+
+  __shared__ float rope_cs[HD / 2], rope_sn[HD / 2];
+  __shared__ __align__(16) float qs[GMAX][HD];
+  __shared__ __align__(16) uint16_t knew[HD], vnew[HD];
+  __shared__ __align__(16) float wo[kDecodeWarps][GMAX][HD];
+  __shared__ float wm[kDecodeWarps][GMAX], wl[kDecodeWarps][GMAX];
+
+  // A tile's rows: load r holds key r * KPL + kg, dims dl .. dl + 7. V_LATE (head_dim 128
+  // with 2 heads per block): V is loaded after the scores, so K and V are not both held
+  // (spills otherwise).
+  constexpr bool V_LATE = LK == 16 && GMAX > 1;
+  const int first = begin + warp * kKeyTile, skip = appends ? len - 1 : -1;
+  uint4 tk[LK], tv[LK];
+  if (append) {
+    for (int i = threadIdx.x; i < HD / 2; i += blockDim.x)
+      rope_cos_sin(len - 1, i, HD, p.rope_theta, rope_cs[i], rope_sn[i]);
+    if (first < end) kv_tile_fetch<LK, !V_LATE>(tk, tv, kbase, vbase, kv_dim, first, end, skip);
+    __syncthreads();
+  }
+  pdl_wait();  // nothing before this reads earlier kernels' outputs
+  pdl_launch_dependents();
+  if (!append && first < end)
+    kv_tile_fetch<LK, !V_LATE>(tk, tv, kbase, vbase, kv_dim, first, end, skip);
+
+  const float* row = p.q + int64_t(t) * p.q_stride;
+  const float* q = row + (g * group + j0) * HD;
+  for (int e = 2 * threadIdx.x; e < nh * HD; e += 2 * blockDim.x) {
+    float2 v = make_float2(q[e], q[e + 1]);
+    if (append) {
+      const int i = (e % HD) / 2;
+      v = rope_rotate_pair(v.x, v.y, rope_cs[i], rope_sn[i]);
+    }
+    qs[e / HD][e % HD] = v.x, qs[e / HD][e % HD + 1] = v.y;
+  }
+  if (appends) {  // rotate this step's k, store k and v at pos, keep them for the tile
+    const float* k_new = row + (p.n_heads + g) * HD;
+    const float* v_new = row + (p.n_heads + p.n_kv_heads + g) * HD;
+    const int64_t at = int64_t(len - 1) * kv_dim;
+    for (int i = threadIdx.x; i < HD / 2; i += blockDim.x) {
+      const float2 r = rope_rotate_pair(k_new[2 * i], k_new[2 * i + 1], rope_cs[i], rope_sn[i]);
+      const uint32_t kh = uint32_t(f2h(r.x)) | uint32_t(f2h(r.y)) << 16;
+      const uint32_t vh = uint32_t(f2h(v_new[2 * i])) | uint32_t(f2h(v_new[2 * i + 1])) << 16;
+      reinterpret_cast<uint32_t*>(kbase + at)[i] = kh;
+      reinterpret_cast<uint32_t*>(vbase + at)[i] = vh;
+      reinterpret_cast<uint32_t*>(knew)[i] = kh;
+      reinterpret_cast<uint32_t*>(vnew)[i] = vh;
+    }
+  }
+  __syncthreads();
+
+  const float scale = 1.0f / sqrtf(float(HD));
+  float m[GMAX], l[GMAX], acc[GMAX][8];
+#pragma unroll
+  for (int j = 0; j < GMAX; j++) {
+    m[j] = -INFINITY, l[j] = 0.0f;
+#pragma unroll
+    for (int c = 0; c < 8; c++) acc[j][c] = 0.0f;
+  }
+  // After the transposing reduction lane l holds the score of key (l % LK) * KPL + l / LK of
+  // the tile; load r's key r * KPL + kg is on lane kg * LK + r.
+  const int my_key = (lane % LK) * KPL + kg;
+  for (int k0 = first; k0 < end; k0 += kDecodeWarps * kKeyTile) {
+    if (k0 != first) kv_tile_fetch<LK, !V_LATE>(tk, tv, kbase, vbase, kv_dim, k0, end, skip);
+    const bool has_new = skip >= k0 && skip < k0 + kKeyTile;
+    if (has_new) {
+#pragma unroll
+      for (int r = 0; r < LK; r++)
+        if (k0 + r * KPL + kg == skip) tk[r] = *reinterpret_cast<const uint4*>(knew + dl);
+    }
+    const bool valid = k0 + my_key < end;
+    float e[GMAX];  // this lane's key's p, per head
+#pragma unroll
+    for (int j = 0; j < GMAX; j++) {
+      if (j >= nh) break;
+      const float4 qa = *reinterpret_cast<const float4*>(&qs[j][dl]);
+      const float4 qb = *reinterpret_cast<const float4*>(&qs[j][dl + 4]);
+      float part[LK];
+#pragma unroll
+      for (int r = 0; r < LK; r++) part[r] = dot8(qa, qb, tk[r]);
+      transpose_round<LK, LK / 2, LK / 2>(part, lane);
+      const float sc = valid ? part[0] * scale : -INFINITY;
+      const float m_new = fmaxf(m[j], warp_max(sc));  // finite: key k0 is valid
+      e[j] = expf(sc - m_new);
+      const float corr = expf(m[j] - m_new);
+      l[j] = l[j] * corr + warp_sum(e[j]);
+      m[j] = m_new;
+#pragma unroll
+      for (int c = 0; c < 8; c++) acc[j][c] *= corr;
+    }
+    if (V_LATE) kv_tile_fetch<LK, false>(tv, tk, vbase, kbase, kv_dim, k0, end, skip);
+    if (has_new) {
+#pragma unroll
+      for (int r = 0; r < LK; r++)
+        if (k0 + r * KPL + kg == skip) tv[r] = *reinterpret_cast<const uint4*>(vnew + dl);
+    }
+#pragma unroll
+    for (int r = 0; r < LK; r++) {
+      const uint4 h = tv[r];
+      float v[8];
+      const float2 v0 = __half22float2(*reinterpret_cast<const __half2*>(&h.x));
+      const float2 v1 = __half22float2(*reinterpret_cast<const __half2*>(&h.y));
+      const float2 v2 = __half22float2(*reinterpret_cast<const __half2*>(&h.z));
+      const float2 v3 = __half22float2(*reinterpret_cast<const __half2*>(&h.w));
+      v[0] = v0.x, v[1] = v0.y, v[2] = v1.x, v[3] = v1.y, v[4] = v2.x, v[5] = v2.y;
+      v[6] = v3.x, v[7] = v3.y;
+#pragma unroll
+      for (int j = 0; j < GMAX; j++) {
+        if (j >= nh) break;
+        const float pk = __shfl_sync(kFullMask, e[j], kg * LK + r);
+#pragma unroll
+        for (int c = 0; c < 8; c++) acc[j][c] += pk * v[c];
+      }
+    }
+  }
+  // The warp's state: dims summed over its key groups, then to shared memory.
+#pragma unroll
+  for (int j = 0; j < GMAX; j++) {
+    if (j >= nh) break;
+#pragma unroll
+    for (int c = 0; c < 8; c++)
+#pragma unroll
+      for (int o = LK; o < 32; o <<= 1) acc[j][c] += __shfl_xor_sync(kFullMask, acc[j][c], o);
+    if (kg == 0) {
+      *reinterpret_cast<float4*>(&wo[warp][j][dl]) =
+          make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]);
+      *reinterpret_cast<float4*>(&wo[warp][j][dl + 4]) =
+          make_float4(acc[j][4], acc[j][5], acc[j][6], acc[j][7]);
+    }
+    if (lane == 0) wm[warp][j] = m[j], wl[warp][j] = l[j];
+  }
+  __syncthreads();
+  // The 4 warps merged in order (a warp without keys has m = -inf and weighs nothing): the
+  // output when this is the only split, else this split's partials.
+  const int64_t n_parts = int64_t(p.n_tokens) * p.n_heads * n_splits;
+  for (int e = threadIdx.x; e < nh * HD; e += blockDim.x) {
+    const int j = e / HD, d = e - j * HD, h = g * group + j0 + j;
+    float mx = wm[0][j];
+#pragma unroll
+    for (int w = 1; w < kDecodeWarps; w++) mx = fmaxf(mx, wm[w][j]);
+    float o = 0.0f, sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; w++) {
+      const float f = expf(wm[w][j] - mx);
+      o += f * wo[w][j][d];
+      sum += f * wl[w][j];
+    }
+    if (n_used == 1) {
+      p.out[int64_t(t) * p.n_heads * HD + h * HD + d] = f2h(o / sum);
+    } else {
+      const int64_t part = (int64_t(t) * p.n_heads + h) * n_splits + s;
+      scratch[part * HD + d] = o;
+      if (d == 0) scratch[n_parts * HD + part * 2] = mx, scratch[n_parts * HD + part * 2 + 1] = sum;
+    }
+  }
+  if (n_used > 1)
+    merge_if_last(p, n_splits, n_used, scratch, counters, t, g, n_used * n_chunks);
+}
+
 template <int kAcc>
 __global__ void __launch_bounds__(kThreads)
     attention_decode_kernel(AttentionCudaParams p, int n_splits, float* scratch, int* counters) {
   const int s = blockIdx.x, g = blockIdx.y, t = blockIdx.z;
   // Positions are step inputs, not outputs of earlier kernels: the chunking and the rotation
   // table come before the wait (kernels/pdl.cuh).
-  const int len = p.pos[t] + 1, chunk = decode_chunk(len, n_splits);
+  const int len = p.pos[t] + 1, chunk = decode_chunk(len, n_splits, kAttentionDecodeSplitKeys);
   const int n_used = (len + chunk - 1) / chunk;  // chunks with keys
   if (s >= n_used) return;
   const int begin = s * chunk, end = min(len, begin + chunk);
@@ -590,22 +841,7 @@ __global__ void __launch_bounds__(kThreads)
     scratch[n_parts * hd + part * 2] = ms[j];
     scratch[n_parts * hd + part * 2 + 1] = ls[j];
   }
-  // The last of the n_used blocks of (kv head g, token t) to finish merges them (the
-  // threadFenceReduction pattern: each block's partials are fenced before its count), then
-  // resets the counter for the next call. The merge reads the splits in a fixed order, so
-  // the result does not depend on which block comes last.
-  __shared__ bool is_last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int* counter = counters + int64_t(t) * p.n_kv_heads + g;
-    is_last = atomicAdd(counter, 1) == n_used - 1;
-    if (is_last) *counter = 0;
-  }
-  __syncthreads();
-  if (!is_last) return;
-  __threadfence();
-  for (int j = 0; j < group; j++) combine_head(p, n_splits, n_used, scratch, t, g * group + j);
+  merge_if_last(p, n_splits, n_used, scratch, counters, t, g, n_used);
 }
 
 void check_params(const AttentionCudaParams& p, const char* who) {
@@ -663,6 +899,18 @@ void launch_decode(const AttentionCudaParams& p, int n_splits, float* scratch, i
   set_smem(attention_decode_kernel<kAcc>, smem, granted);
   launch_pdl(attention_decode_kernel<kAcc>, dim3(n_splits, p.n_kv_heads, p.n_tokens), kThreads,
              smem, stream, p, n_splits, scratch, counters);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <int LK, int GMAX>
+void launch_decode_warps(const AttentionCudaParams& p, int n_splits, float* scratch,
+                         int* counters, cudaStream_t stream) {
+  const int n_chunks = (p.n_heads / p.n_kv_heads + GMAX - 1) / GMAX;
+  if (int64_t(p.n_kv_heads) * n_chunks > 65535)
+    throw std::invalid_argument("attention_decode_cuda: too many kv heads");
+  launch_pdl(attention_decode_warps_kernel<LK, GMAX>,
+             dim3(n_splits, p.n_kv_heads * n_chunks, p.n_tokens), kThreads, 0, stream, p,
+             n_splits, scratch, counters);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -729,7 +977,20 @@ void attention_decode_cuda(const AttentionCudaParams& p, int n_splits, float* sc
     throw std::invalid_argument("attention_decode_cuda: too many tokens or kv heads");
   if (p.rope_theta > 0.0f && p.head_dim % 2 != 0)
     throw std::invalid_argument("attention_decode_cuda: the fused RoPE needs an even head_dim");
-  const int gsize = (p.n_heads / p.n_kv_heads) * p.head_dim;
+  const int group = p.n_heads / p.n_kv_heads, gsize = group * p.head_dim;
+  if ((p.head_dim == 64 || p.head_dim == 128) && p.seq_stride % 8 == 0 &&
+      reinterpret_cast<uintptr_t>(p.k_cache) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(p.v_cache) % 16 == 0) {
+    if (p.head_dim == 64) {
+      if (group == 1) launch_decode_warps<8, 1>(p, n_splits, scratch, counters, stream);
+      else if (group == 2) launch_decode_warps<8, 2>(p, n_splits, scratch, counters, stream);
+      else launch_decode_warps<8, 4>(p, n_splits, scratch, counters, stream);
+    } else {
+      if (group == 1) launch_decode_warps<16, 1>(p, n_splits, scratch, counters, stream);
+      else launch_decode_warps<16, 2>(p, n_splits, scratch, counters, stream);
+    }
+    return;
+  }
   const int acc = (gsize + kThreads - 1) / kThreads;
   if (acc <= 1) launch_decode<1>(p, n_splits, scratch, counters, stream);
   else if (acc <= 2) launch_decode<2>(p, n_splits, scratch, counters, stream);

@@ -69,8 +69,8 @@ void attention_prefill_cuda(const AttentionCudaParams& p, const AttentionTile* t
 
 // Decode (flash-decoding): one block per (token, kv head, split of the cache). n_splits is
 // the most splits; at run time (pos is read on the device, so a CUDA graph replays with any
-// length) 0..pos[t] is cut into min(n_splits, ceil((pos + 1) / kAttentionDecodeSplitKeys))
-// chunks of whole 32-key tiles, the blocks of the splits without keys return at once, and
+// length) 0..pos[t] is cut into min(n_splits, ceil((pos + 1) / min_keys)) chunks of whole
+// 32-key tiles (min_keys: see below), the blocks of the splits without keys return at once, and
 // the last block of each (token, kv head) to finish merges the others in the same kernel;
 // one split writes the output directly. Handles any batch (each token on its own; with
 // rope_theta, every token a different sequence's). Needs (n_heads / n_kv_heads) * head_dim
@@ -78,10 +78,18 @@ void attention_prefill_cuda(const AttentionCudaParams& p, const AttentionTile* t
 // With n_splits > 1: scratch holds attention_decode_scratch_floats() floats, and counters
 // n_tokens * n_kv_heads ints that must be zero before the first call (cudaMemset once at
 // allocation); every call leaves them zero again.
-// The fewest keys per split: one 32-key tile. (Measured on the H100, LLaMA-7B 3-bit tg128:
-// 2.62 / 2.64 / 2.73 ms per batch-1 step with 32 / 64 / 128: one block's tile loop is slower
-// than more blocks and the merge.)
+// head_dim 64 or 128 with groups of up to 8 query heads (LLaMA's shapes; 16-byte aligned
+// caches, seq_stride % 8 == 0) take a kernel whose 4 warps each walk their own 32-key tiles
+// of a split, merged through shared memory: a split has at least kDecodeWarpSplitKeys keys,
+// so a context of up to 128 keys needs no merge across blocks. With rope_theta, that kernel
+// reads cache positions < pos[t] before its programmatic-dependent-launch wait: the kernel
+// launched just before it must not write the cache (in the engine it is the qkv linear).
+// The other shapes take a kernel whose whole block walks the tiles of a split, at least
+// kAttentionDecodeSplitKeys keys each. (Measured on the H100 for that kernel, LLaMA-7B 3-bit
+// tg128: 2.62 / 2.64 / 2.73 ms per batch-1 step with 32 / 64 / 128: one block's tile loop is
+// slower than more blocks and the merge.)
 constexpr int kAttentionDecodeSplitKeys = 32;
+constexpr int kDecodeWarpSplitKeys = 128;
 int attention_decode_splits(int n_tokens, int n_kv_heads, int ctx_size, int n_sms);
 size_t attention_decode_scratch_floats(int n_tokens, int n_heads, int head_dim, int n_splits);
 void attention_decode_cuda(const AttentionCudaParams& p, int n_splits, float* scratch,

@@ -28,6 +28,21 @@ __device__ __forceinline__ double warp_sum(double v) {
   return v;
 }
 
+// One round of a transposing reduction: lanes with bit OFF set keep the upper HALF of their
+// N values, the others the lower, each adding its partner's copy; then the next round with
+// half of each. Started at HALF = OFF = N / 2, after N - 1 shuffles lane l holds value
+// l % N summed over its group of N lanes; started at OFF = 16, over lanes l ^ 16, l ^ 8, ...
+template <int N, int HALF, int OFF>
+__device__ __forceinline__ void transpose_round(float (&v)[N], int lane) {
+  const bool hi = lane & OFF;
+#pragma unroll
+  for (int i = 0; i < HALF; i++) {
+    const float send = hi ? v[i] : v[i + HALF], keep = hi ? v[i + HALF] : v[i];
+    v[i] = keep + __shfl_xor_sync(kFullMask, send, OFF);
+  }
+  if constexpr (HALF > 1) transpose_round<N, HALF / 2, OFF / 2>(v, lane);
+}
+
 // Block reduction: warp_op (a whole-warp reduction) within each warp, then across the warps
 // through the shared `partial` [32] (blockDim.x a multiple of 32, at most 1024; `identity`
 // fills the missing warps). Every thread gets the result. Contains __syncthreads: call it

@@ -568,18 +568,6 @@ __device__ __forceinline__ void gemv_lut_planes(const uint8_t* row, LutPlanes<BI
   }
 }
 
-// One round of warp_transpose_sum: lanes with bit OFF set keep the upper HALF values, the
-// others the lower, each adding its partner's copy.
-template <int N, int HALF, int OFF>
-__device__ __forceinline__ void transpose_round(float (&v)[N], int lane) {
-  const bool hi = lane & OFF;
-#pragma unroll
-  for (int i = 0; i < HALF; i++) {
-    const float send = hi ? v[i] : v[i + HALF], keep = hi ? v[i + HALF] : v[i];
-    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, OFF);
-  }
-  if constexpr (HALF > 1) transpose_round<N, HALF / 2, OFF / 2>(v, lane);
-}
 // N (2, 4, 8 or 16) per-lane values -> lane l holds the warp sum of value
 // warp_transpose_index(l): N - 1 + log2(32 / N) shuffles instead of 5 N.
 template <int N>

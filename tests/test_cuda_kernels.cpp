@@ -375,7 +375,9 @@ TEST(AttentionCuda, PrefillSeveralSequencesUnorderedPositions) {
 TEST(AttentionCuda, DecodeLongCaches) {
   SQZ_REQUIRE_GPU();
   std::mt19937 rng(8);
-  for (int group : {1, 2, 4}) {
+  // hd 64 / 128: the warp-tile kernel, 1-4 / 1-2 query heads per block (groups 3 and 8: a
+  // partial block of heads, several blocks per kv head).
+  for (int group : {1, 2, 3, 4, 8}) {
     for (int hd : {64, 128}) {
       const int kv_heads = 2;
       AttnCase c{kv_heads * group, kv_heads, hd, 4, 4000, {0, 1, 2, 3}, {0, 16, 999, 3999}, ""};
@@ -437,9 +439,9 @@ void check_fused_append(const AttnCase& c, int n_splits, float theta, std::mt199
 TEST(AttentionCuda, DecodeFusedRopeAppendMatchesRopeThenDecode) {
   SQZ_REQUIRE_GPU();
   std::mt19937 rng(11);
-  // Lengths around the tile (32 keys, also the smallest split), 1 to 32 splits.
+  // Lengths around the tile (32 keys) and the smallest splits (32 keys, 128 for hd 64 / 128).
   const std::vector<int> lens = {1, 31, 32, 33, 127, 128, 129, 300, 1000};
-  for (int group : {1, 2, 4}) {
+  for (int group : {1, 2, 3, 4}) {
     for (int hd : {8, 64, 128}) {
       const int kv_heads = 2, n = int(lens.size());
       AttnCase c{kv_heads * group, kv_heads, hd, n, 1003, {}, {}, ""};
@@ -523,7 +525,7 @@ void check_topk(const std::vector<float>& logits, int n_rows, int vocab, int k) 
 TEST(TopKCuda, MatchesHostSortWithTies) {
   SQZ_REQUIRE_GPU();
   std::mt19937 rng(11);
-  for (int vocab : {1, 7, 1000, 32000}) {
+  for (int vocab : {1, 7, 1000, 5001, 32000}) {  // 16-byte loads when vocab % 4 == 0
     const int n_rows = 3;
     std::vector<float> distinct = randn(size_t(n_rows) * vocab, rng, 4.0f);
     std::vector<float> tied(distinct);
