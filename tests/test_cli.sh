@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The sqz command end to end: the README's main job, each subcommand's --help, bad input
 # giving one line and exit 1, chat driven through stdin, quantize -> inspect -> generate,
-# perplexity's last line, KL divergence against saved logits.
+# perplexity's last line, KL divergence against saved logits, bench's rows.
 # usage: test_cli.sh SQZ_BINARY SOURCE_DIR
 set -u
 sqz=$1
@@ -57,6 +57,12 @@ expect_error context-full "context" "$sqz" generate -m "$m" --tokenizer "$t" -p 
 printf 'Once upon a time\n\nThe cat\nA dog\n' >"$tmp/prompts.txt"
 "$sqz" generate -m "$m" --tokenizer "$t" -f "$tmp/prompts.txt" --batch 3 --json -n 8 --temp 0 >"$tmp/j" 2>/dev/null
 [[ $(grep -c '"ids":\[' "$tmp/j") -eq 3 ]] && ok || bad "json lines: $(cat "$tmp/j")"
+
+# bench: a row per test, depths (-d) after the plain ones
+"$sqz" bench -m "$m" -p 8 -n 4 -d 0,16 -r 1 --batch 1,2 --device cpu -t 1 >"$tmp/b" 2>&1
+[[ $(grep -c '^| stories260K.bin' "$tmp/b") -eq 6 ]] && grep -q '| pp8 @ d16 ' "$tmp/b" &&
+  grep -q '| tg4 b2 @ d16 ' "$tmp/b" && ok || { bad "bench"; cat "$tmp/b"; }
+expect_error bench-depth "-d values must be >= 0" "$sqz" bench -m "$m" -d -1
 
 # quantize -> inspect -> generate with no --tokenizer (embedded)
 "$sqz" quantize -m "$m" --tokenizer "$t" -o "$tmp/q.sqz" --bits 4 --outliers 0.5 --report "$tmp/r.html" >"$tmp/q" 2>&1 \

@@ -1,7 +1,9 @@
 // sqz bench: llama-bench-style throughput. pp<N>: one prompt of N tokens in one forward;
-// tg<N>: N decode steps for each of `batch` sequences together. Prints t/s mean +- std over
-// repetitions, and for decode the bytes read per step over the step time next to the read
-// bandwidth this same run measured (the floor is bytes / bandwidth).
+// tg<N>: N decode steps for each of `batch` sequences together; "@ d<D>": after a context of D
+// tokens (prefilled, not timed), as llama-bench's -d. Prints t/s mean +- std over
+// repetitions, and for decode the bytes read per step (weights and the K/V read) over the
+// step time next to the read bandwidth this same run measured (the floor is bytes /
+// bandwidth).
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -29,7 +31,8 @@ Stat stats(const std::vector<double>& v) {
   return s;
 }
 
-std::vector<int> parse_ints(const std::string& s, const char* flag) {
+// A comma-separated list of integers >= min_value.
+std::vector<int> parse_ints(const std::string& s, const char* flag, int min_value = 1) {
   std::vector<int> out;
   std::stringstream ss(s);
   std::string item;
@@ -39,7 +42,8 @@ std::vector<int> parse_ints(const std::string& s, const char* flag) {
     } catch (...) {
       throw usage_error(std::string(flag) + ": cannot parse '" + item + "'");
     }
-    if (out.back() < 1) throw usage_error(std::string(flag) + " values must be >= 1");
+    if (out.back() < min_value)
+      throw usage_error(std::string(flag) + " values must be >= " + std::to_string(min_value));
   }
   return out;
 }
@@ -78,6 +82,7 @@ int cmd_bench(int argc, char** argv) {
       ("p,n-prompt", "prompt lengths (pp tests)", cxxopts::value<std::string>()->default_value("512"))
       ("n,n-gen", "decode steps (tg tests)", cxxopts::value<int>()->default_value("128"))
       ("batch", "sequences decoded together in tg tests", cxxopts::value<std::string>()->default_value("1,8"))
+      ("d,n-depth", "context depths: tests run after this many tokens are in the cache", cxxopts::value<std::string>()->default_value("0"))
       ("r,repetitions", "repetitions per test", cxxopts::value<int>()->default_value("5"))
       ("t,threads", "CPU threads (0: all cores)", cxxopts::value<int>()->default_value("0"))
       ("device", "auto, cpu or cuda", cxxopts::value<std::string>()->default_value("auto"));
@@ -92,11 +97,14 @@ int cmd_bench(int argc, char** argv) {
   }
   const std::vector<int> pps = parse_ints(r["n-prompt"].as<std::string>(), "-p");
   const std::vector<int> batches = parse_ints(r["batch"].as<std::string>(), "--batch");
+  const std::vector<int> depths = parse_ints(r["n-depth"].as<std::string>(), "-d", 0);
   const int n_gen = r["n-gen"].as<int>(), reps = r["repetitions"].as<int>();
   if (n_gen < 1 || reps < 1) throw usage_error("-n and -r must be >= 1");
   int max_pp = 0, max_b = 1;
   for (int p : pps) max_pp = std::max(max_pp, p);
   for (int b : batches) max_b = std::max(max_b, b);
+  int max_depth = 0;
+  for (int d : depths) max_depth = std::max(max_depth, d);
 
   double bw = 0;
   std::string bw_what;
@@ -110,7 +118,7 @@ int cmd_bench(int argc, char** argv) {
     eo.need_tokenizer = false;
     eo.n_seqs = max_b;
     eo.max_batch = std::max(max_pp, max_b);
-    eo.ctx_size = std::max(max_pp, n_gen + 1);
+    eo.ctx_size = max_depth + std::max(max_pp, n_gen + 1);
     Engine e(eo);
     Backend& be = e.backend();
     const Model& m = e.model();
@@ -127,11 +135,11 @@ int cmd_bench(int argc, char** argv) {
     }
     if (!header) {
       std::printf("read bandwidth: %.1f GB/s (%s)\n\n", bw / 1e9, bw_what.c_str());
-      std::printf("| %-28s | %10s | %8s | %7s | %-14s | %18s | %9s | %8s | %6s | %9s |\n", "model",
+      std::printf("| %-28s | %10s | %8s | %7s | %-17s | %18s | %9s | %8s | %6s | %9s |\n", "model",
                   "size", "params", "backend", "test", "t/s", "ms/step", "GB/s", "% bw", "floor ms");
       std::printf("|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", std::string(30, '-').c_str(),
                   std::string(12, '-').c_str(), std::string(10, '-').c_str(),
-                  std::string(9, '-').c_str(), std::string(16, '-').c_str(),
+                  std::string(9, '-').c_str(), std::string(19, '-').c_str(),
                   std::string(20, '-').c_str(), std::string(11, '-').c_str(),
                   std::string(10, '-').c_str(), std::string(8, '-').c_str(),
                   std::string(11, '-').c_str());
@@ -146,53 +154,67 @@ int cmd_bench(int argc, char** argv) {
     std::uniform_int_distribution<int> tok(3, m.config.vocab_size - 1);
     std::vector<float> logits(size_t(max_b) * m.config.vocab_size);
 
-    for (int pp : pps) {
-      std::vector<double> tps;
-      for (int rep = -1; rep < reps; rep++) {  // rep -1 warms up
-        Batch b;
-        for (int i = 0; i < pp; i++) b.add(tok(rng), i, 0, i == pp - 1);
-        double t0 = now_seconds();
-        be.forward(b, logits.data());
-        double dt = now_seconds() - t0;
-        if (rep >= 0) tps.push_back(pp / dt);
-      }
-      Stat s = stats(tps);
-      char test[32], ts[40];
-      std::snprintf(test, sizeof test, "pp%d", pp);
-      std::snprintf(ts, sizeof ts, "%.2f ± %.2f", s.mean, s.sd);
-      std::printf("| %-28s | %10s | %8s | %7s | %-14s | %18s | %9.2f | %8s | %6s | %9s |\n",
-                  name.c_str(), human(double(m.n_bytes())).c_str(), params, be.name().c_str(),
-                  test, ts, 1e3 * pp / s.mean, "-", "-", "-");
-      std::fflush(stdout);
-    }
-    for (int nb : batches) {
-      std::vector<double> tps, step_ms;
-      std::vector<int> ids(nb);
-      std::vector<float> top_logit(nb);
-      for (int rep = -1; rep < reps; rep++) {
-        Batch b;
-        for (int s = 0; s < nb; s++) b.add(tok(rng), 0, s, true);
-        be.forward(b, logits.data());
-        double t0 = now_seconds();
-        for (int step = 1; step <= n_gen; step++) {
-          Batch d;
-          for (int s = 0; s < nb; s++) d.add(tok(rng), step, s, true);
-          // The generation path: only the chosen ids cross to the host when it can.
-          if (!be.forward_topk(d, 1, ids.data(), top_logit.data())) be.forward(d, logits.data());
+    for (int depth : depths) {
+      // The context: positions 0..depth-1 of every sequence, in forwards of at most
+      // max_batch tokens; the tests below write positions from depth on, so every repetition
+      // finds the same context.
+      for (int s = 0; s < max_b; s++) {
+        for (int p0 = 0; p0 < depth; p0 += eo.max_batch) {
+          Batch b;
+          for (int i = p0; i < std::min(depth, p0 + eo.max_batch); i++)
+            b.add(tok(rng), i, s, false);
+          be.forward(b, logits.data());
         }
-        double dt = now_seconds() - t0;
-        if (rep >= 0) tps.push_back(double(nb) * n_gen / dt), step_ms.push_back(1e3 * dt / n_gen);
       }
-      Stat s = stats(tps), ms = stats(step_ms);
-      double bytes = step_bytes(m, nb, n_gen / 2.0, be.name() == "cuda");
-      double gbs = bytes / (ms.mean * 1e-3) / 1e9;
-      char test[40], ts[40];
-      std::snprintf(test, sizeof test, "tg%d b%d", n_gen, nb);
-      std::snprintf(ts, sizeof ts, "%.2f ± %.2f", s.mean, s.sd);
-      std::printf("| %-28s | %10s | %8s | %7s | %-14s | %18s | %9.3f | %8.1f | %5.1f%% | %9.3f |\n",
-                  name.c_str(), human(double(m.n_bytes())).c_str(), params, be.name().c_str(),
-                  test, ts, ms.mean, gbs, 100 * gbs * 1e9 / bw, 1e3 * bytes / bw);
-      std::fflush(stdout);
+      const std::string at = depth ? " @ d" + std::to_string(depth) : "";
+      for (int pp : pps) {
+        std::vector<double> tps;
+        for (int rep = -1; rep < reps; rep++) {  // rep -1 warms up
+          Batch b;
+          for (int i = 0; i < pp; i++) b.add(tok(rng), depth + i, 0, i == pp - 1);
+          double t0 = now_seconds();
+          be.forward(b, logits.data());
+          double dt = now_seconds() - t0;
+          if (rep >= 0) tps.push_back(pp / dt);
+        }
+        Stat s = stats(tps);
+        char test[32], ts[40];
+        std::snprintf(test, sizeof test, "pp%d%s", pp, at.c_str());
+        std::snprintf(ts, sizeof ts, "%.2f ± %.2f", s.mean, s.sd);
+        std::printf("| %-28s | %10s | %8s | %7s | %-17s | %18s | %9.2f | %8s | %6s | %9s |\n",
+                    name.c_str(), human(double(m.n_bytes())).c_str(), params, be.name().c_str(),
+                    test, ts, 1e3 * pp / s.mean, "-", "-", "-");
+        std::fflush(stdout);
+      }
+      for (int nb : batches) {
+        std::vector<double> tps, step_ms;
+        std::vector<int> ids(nb);
+        std::vector<float> top_logit(nb);
+        for (int rep = -1; rep < reps; rep++) {
+          Batch b;
+          for (int s = 0; s < nb; s++) b.add(tok(rng), depth, s, true);
+          be.forward(b, logits.data());
+          double t0 = now_seconds();
+          for (int step = 1; step <= n_gen; step++) {
+            Batch d;
+            for (int s = 0; s < nb; s++) d.add(tok(rng), depth + step, s, true);
+            // The generation path: only the chosen ids cross to the host when it can.
+            if (!be.forward_topk(d, 1, ids.data(), top_logit.data())) be.forward(d, logits.data());
+          }
+          double dt = now_seconds() - t0;
+          if (rep >= 0) tps.push_back(double(nb) * n_gen / dt), step_ms.push_back(1e3 * dt / n_gen);
+        }
+        Stat s = stats(tps), ms = stats(step_ms);
+        double bytes = step_bytes(m, nb, depth + n_gen / 2.0, be.name() == "cuda");
+        double gbs = bytes / (ms.mean * 1e-3) / 1e9;
+        char test[40], ts[40];
+        std::snprintf(test, sizeof test, "tg%d b%d%s", n_gen, nb, at.c_str());
+        std::snprintf(ts, sizeof ts, "%.2f ± %.2f", s.mean, s.sd);
+        std::printf("| %-28s | %10s | %8s | %7s | %-17s | %18s | %9.3f | %8.1f | %5.1f%% | %9.3f |\n",
+                    name.c_str(), human(double(m.n_bytes())).c_str(), params, be.name().c_str(),
+                    test, ts, ms.mean, gbs, 100 * gbs * 1e9 / bw, 1e3 * bytes / bw);
+        std::fflush(stdout);
+      }
     }
   }
   return 0;
