@@ -17,6 +17,7 @@
 #include "kernels/attention.h"
 #include "kernels/cuda_common.h"
 #include "kernels/cuda_util.cuh"
+#include "kernels/mma.cuh"
 #include "kernels/pdl.cuh"
 #include "kernels/rope.cuh"
 
@@ -356,6 +357,188 @@ __global__ void __launch_bounds__(kThreads)
     o[1] = f2h(acc[c].y * inv_l);
     o[2] = f2h(acc[c].z * inv_l);
     o[3] = f2h(acc[c].w * inv_l);
+  }
+}
+
+// Prefill on tensor cores (head_dim 64 or 128, 16-byte aligned K/V rows: attention_prefill_cuda
+// picks it; the two kernels above take the rest). Block (tile, head h), 2 warps: warp w owns
+// query rows 16 w .. 16 w + 15 of the tile as the M of m16n8k16 mma.sync (fp16 inputs, fp32
+// accumulation), flash-attention style:
+//   S = Q K^T: Q (scaled by nothing, rounded to fp16) as A fragments held in registers for
+//     the whole kernel; K from shared memory as B (row-major [key][d] is already K^T's
+//     column layout: two 32-bit loads per fragment).
+//   online softmax on the S fragments in fp32 (a row lives on the 4 lanes of a quad: two
+//     shuffles for its max; the sums stay per lane until the end);
+//   O += P V: the S accumulators of two 8-key blocks are, rounded to fp16, the A fragment of
+//     16 keys (no data movement); V as B by ldmatrix.trans.
+// K/V tiles of 32 keys (0 .. max_pos of the tile, zero past it) are copied by cp.async into
+// a double buffer ([key][HD + 8] halves: conflict-free fragment loads and ldmatrix rows).
+// Differences from the fp32 kernels: q and p are rounded to fp16 before their products (as
+// in flash attention); the sums are fp32.
+constexpr int kMmaWarps = 2, kMmaThreads = 32 * kMmaWarps;
+
+template <int HD>
+constexpr size_t prefill_mma_smem() {
+  return size_t(2) * 2 * kKeyTile * (HD + 8) * sizeof(uint16_t);  // [buffer][K, V][key][d]
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kMmaThreads)
+    attention_prefill_mma_kernel(AttentionCudaParams p, const AttentionTile* tiles) {
+  constexpr int PITCH = HD + 8, KS = HD / 16, NB = HD / 8;  // k16 steps of q.k, 8-dim blocks
+  constexpr int TILE_HALVES = kKeyTile * PITCH;
+  extern __shared__ __align__(16) uint16_t kv_s[];  // [buffer][K, V][key][PITCH]
+  pdl_wait();  // kernels/pdl.cuh: nothing before this reads earlier kernels' outputs
+  pdl_launch_dependents();
+  const AttentionTile tile = tiles[blockIdx.x];
+  const int h = blockIdx.y, group = p.n_heads / p.n_kv_heads, kvh = h / group;
+  const int kv_dim = p.n_kv_heads * HD, key_end = tile.max_pos + 1;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const uint16_t* kbase = p.k_cache + int64_t(tile.seq) * p.seq_stride + kvh * HD;
+  const uint16_t* vbase = p.v_cache + int64_t(tile.seq) * p.seq_stride + kvh * HD;
+
+  // K and V rows k0 .. k0 + 31 into buffer b: 16-byte pieces, zero past key_end.
+  auto load_tile = [&](int k0, int b) {
+    constexpr int PIECES = kKeyTile * HD / 8;
+    uint16_t* dst = kv_s + b * 2 * TILE_HALVES;
+#pragma unroll
+    for (int i = threadIdx.x; i < PIECES; i += kMmaThreads) {
+      const int key = i / (HD / 8), c = (i - key * (HD / 8)) * 8;
+      const bool ok = k0 + key < key_end;
+      const int64_t off = int64_t(ok ? k0 + key : 0) * kv_dim + c;
+      cp_async_16(dst + key * PITCH + c, kbase + off, ok ? 16 : 0);
+      cp_async_16(dst + TILE_HALVES + key * PITCH + c, vbase + off, ok ? 16 : 0);
+    }
+    cp_async_commit();
+  };
+  load_tile(0, 0);
+
+  // This warp's rows g and g + 8 (r0, r1 in the tile); rows past tile.n see no key.
+  const int r0 = 16 * warp + g, r1 = r0 + 8;
+  const int pos0 = r0 < tile.n ? p.pos[tile.t0 + r0] : -1;
+  const int pos1 = r1 < tile.n ? p.pos[tile.t0 + r1] : -1;
+  const bool active = 16 * warp < tile.n;
+  int warp_max_pos = max(pos0, pos1);
+#pragma unroll
+  for (int o = 4; o < 32; o <<= 1) warp_max_pos = max(warp_max_pos, __shfl_xor_sync(kFullMask, warp_max_pos, o));
+  uint32_t qa[KS][4];
+  {
+    const float* q0 = p.q + int64_t(tile.t0 + min(r0, tile.n - 1)) * p.q_stride + h * HD;
+    const float* q1 = p.q + int64_t(tile.t0 + min(r1, tile.n - 1)) * p.q_stride + h * HD;
+    auto pack = [](const float* q, int d, bool ok) {
+      const float2 v = ok ? *reinterpret_cast<const float2*>(q + d) : make_float2(0.0f, 0.0f);
+      const __half2 hv = __floats2half2_rn(v.x, v.y);
+      return *reinterpret_cast<const uint32_t*>(&hv);
+    };
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++) {
+      const int d = 16 * ks + 2 * t;
+      qa[ks][0] = pack(q0, d, pos0 >= 0), qa[ks][1] = pack(q1, d, pos1 >= 0);
+      qa[ks][2] = pack(q0, d + 8, pos0 >= 0), qa[ks][3] = pack(q1, d + 8, pos1 >= 0);
+    }
+  }
+  const float scale = 1.0f / sqrtf(float(HD));
+  float o[NB][4];
+#pragma unroll
+  for (int nb = 0; nb < NB; nb++) o[nb][0] = o[nb][1] = o[nb][2] = o[nb][3] = 0.0f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // rows r0, r1 (l: this lane's part)
+
+  const int n_tiles = (key_end + kKeyTile - 1) / kKeyTile;
+  for (int kt = 0; kt < n_tiles; kt++) {
+    const int k0 = kt * kKeyTile, b = kt & 1;
+    if (kt + 1 < n_tiles) {
+      load_tile(k0 + kKeyTile, b ^ 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (active && k0 <= warp_max_pos) {
+      const uint16_t* ks_ = kv_s + b * 2 * TILE_HALVES;
+      const uint16_t* vs_ = ks_ + TILE_HALVES;
+      // S: 16 rows x 32 keys = 4 blocks of 8 keys.
+      float s[4][4];
+#pragma unroll
+      for (int kb = 0; kb < 4; kb++) {
+        s[kb][0] = s[kb][1] = s[kb][2] = s[kb][3] = 0.0f;
+        const uint16_t* krow = ks_ + (8 * kb + g) * PITCH + 2 * t;
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++) {
+          const uint32_t b0 = *reinterpret_cast<const uint32_t*>(krow + 16 * ks);
+          const uint32_t b1 = *reinterpret_cast<const uint32_t*>(krow + 16 * ks + 8);
+          mma_16816(s[kb], qa[ks][0], qa[ks][1], qa[ks][2], qa[ks][3], b0, b1);
+        }
+      }
+      // Scale, mask (key > the row's pos), row max over the quad.
+      float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+      for (int kb = 0; kb < 4; kb++) {
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+          const int key = k0 + 8 * kb + 2 * t + c;
+          s[kb][c] = key <= pos0 ? s[kb][c] * scale : -INFINITY;
+          s[kb][2 + c] = key <= pos1 ? s[kb][2 + c] * scale : -INFINITY;
+          mx0 = fmaxf(mx0, s[kb][c]), mx1 = fmaxf(mx1, s[kb][2 + c]);
+        }
+      }
+      mx0 = fmaxf(mx0, __shfl_xor_sync(kFullMask, mx0, 1));
+      mx0 = fmaxf(mx0, __shfl_xor_sync(kFullMask, mx0, 2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(kFullMask, mx1, 1));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(kFullMask, mx1, 2));
+      const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+      // A row with no visible key yet keeps m = -inf: use 0 as the reference (p = 0).
+      const float ref0 = mn0 == -INFINITY ? 0.0f : mn0, ref1 = mn1 == -INFINITY ? 0.0f : mn1;
+      const float c0 = expf(m0 - ref0), c1 = expf(m1 - ref1);
+      m0 = mn0, m1 = mn1;
+      l0 *= c0, l1 *= c1;
+#pragma unroll
+      for (int nb = 0; nb < NB; nb++) o[nb][0] *= c0, o[nb][1] *= c0, o[nb][2] *= c1, o[nb][3] *= c1;
+      uint32_t pa[4][2];  // [key block][row g, row g + 8]: fp16 pairs of p
+#pragma unroll
+      for (int kb = 0; kb < 4; kb++) {
+        const float e0 = expf(s[kb][0] - ref0), e1 = expf(s[kb][1] - ref0);
+        const float e2 = expf(s[kb][2] - ref1), e3 = expf(s[kb][3] - ref1);
+        l0 += e0 + e1, l1 += e2 + e3;
+        const __half2 h01 = __floats2half2_rn(e0, e1), h23 = __floats2half2_rn(e2, e3);
+        pa[kb][0] = *reinterpret_cast<const uint32_t*>(&h01);
+        pa[kb][1] = *reinterpret_cast<const uint32_t*>(&h23);
+      }
+      // O += P V: 2 steps of 16 keys; V^T fragments for two 8-dim blocks per ldmatrix.
+#pragma unroll
+      for (int kk = 0; kk < 2; kk++) {
+#pragma unroll
+        for (int nb = 0; nb < NB; nb += 2) {
+          uint32_t vb[4];
+          const int key = 16 * kk + (lane & 15), dim = 8 * (nb + (lane >> 4));
+          ldmatrix_x4_trans(vb, vs_ + key * PITCH + dim);
+          mma_16816(o[nb], pa[2 * kk][0], pa[2 * kk][1], pa[2 * kk + 1][0], pa[2 * kk + 1][1],
+                    vb[0], vb[1]);
+          mma_16816(o[nb + 1], pa[2 * kk][0], pa[2 * kk][1], pa[2 * kk + 1][0],
+                    pa[2 * kk + 1][1], vb[2], vb[3]);
+        }
+      }
+    }
+    __syncthreads();  // buffer b is refilled by the next iteration's copy
+  }
+  if (!active) return;
+  l0 += __shfl_xor_sync(kFullMask, l0, 1);
+  l0 += __shfl_xor_sync(kFullMask, l0, 2);
+  l1 += __shfl_xor_sync(kFullMask, l1, 1);
+  l1 += __shfl_xor_sync(kFullMask, l1, 2);
+  const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
+#pragma unroll
+  for (int nb = 0; nb < NB; nb++) {
+    const int d = 8 * nb + 2 * t;
+    if (r0 < tile.n) {
+      uint16_t* out = p.out + int64_t(tile.t0 + r0) * p.n_heads * HD + h * HD + d;
+      const __half2 v = __floats2half2_rn(o[nb][0] * inv0, o[nb][1] * inv0);
+      *reinterpret_cast<__half2*>(out) = v;
+    }
+    if (r1 < tile.n) {
+      uint16_t* out = p.out + int64_t(tile.t0 + r1) * p.n_heads * HD + h * HD + d;
+      const __half2 v = __floats2half2_rn(o[nb][2] * inv1, o[nb][3] * inv1);
+      *reinterpret_cast<__half2*>(out) = v;
+    }
   }
 }
 
@@ -902,6 +1085,16 @@ void launch_decode(const AttentionCudaParams& p, int n_splits, float* scratch, i
   CUDA_CHECK_LAUNCH();
 }
 
+template <int HD>
+void launch_prefill_mma(const AttentionCudaParams& p, const AttentionTile* tiles, int n_tiles,
+                        cudaStream_t stream) {
+  static std::atomic<size_t> granted{0};
+  set_smem(attention_prefill_mma_kernel<HD>, prefill_mma_smem<HD>(), granted);
+  launch_pdl(attention_prefill_mma_kernel<HD>, dim3(n_tiles, p.n_heads), kMmaThreads,
+             prefill_mma_smem<HD>(), stream, p, tiles);
+  CUDA_CHECK_LAUNCH();
+}
+
 template <int LK, int GMAX>
 void launch_decode_warps(const AttentionCudaParams& p, int n_splits, float* scratch,
                          int* counters, cudaStream_t stream) {
@@ -936,6 +1129,14 @@ void attention_prefill_cuda(const AttentionCudaParams& p, const AttentionTile* t
   if (n_tiles <= 0) return;
   check_params(p, "attention_prefill_cuda");
   if (p.n_heads > 65535) throw std::invalid_argument("attention_prefill_cuda: too many heads");
+  if ((p.head_dim == 64 || p.head_dim == 128) && p.seq_stride % 8 == 0 && p.q_stride % 2 == 0 &&
+      reinterpret_cast<uintptr_t>(p.k_cache) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(p.v_cache) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(p.q) % 8 == 0) {
+    if (p.head_dim == 64) launch_prefill_mma<64>(p, tiles, n_tiles, stream);
+    else launch_prefill_mma<128>(p, tiles, n_tiles, stream);
+    return;
+  }
   if (p.head_dim % 16 == 0) {  // float4 chunks of output dims per thread: head_dim / 16
     const int c4 = p.head_dim / 16;
     if (c4 <= 2) launch_prefill_vec<2>(p, tiles, n_tiles, stream);
