@@ -312,6 +312,7 @@ struct alignas(16) GemvShared {
   float red[2][kGemvWarps][kTileRows][8 * NTILE];  // [tile parity][warp][row][token]
   float outl[2][kTileRows][8 * NTILE];
   uint8_t lut[2][kTileRows * 32];
+  uint8_t xs_perm[128];  // xs_offset of columns 0..127 (the outlier path's lookup)
 };
 
 // Offset in halves of column col (relative to the staged chunk) in x_s for token 0.
@@ -643,6 +644,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
   }
   TileMeta<BITS> meta;
   if (warp == 0) gemv_store_meta<BITS, NTILE>(gemv_load_meta<BITS>(p, blockIdx.x), sh, 0);
+  if (threadIdx.x < 128) sh.xs_perm[threadIdx.x] = uint8_t(xs_offset<BITS>(threadIdx.x));
 
   // Outliers of this warp's rows (warp, warp + 8 of each tile), a tile ahead: while tile k
   // runs, the first 32 CSR entries of tile k + 1 and the row pointers of tile k + 2 are in
@@ -752,7 +754,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
         const int k0 = rp_cur[2 * rr], k1 = rp_cur[2 * rr + 1];
         auto add = [&](int col, float v) {
           if (NORM || p.n_chunks == 1) {
-            const uint16_t* xc = xs_h + xs_offset<BITS>(col);
+            const uint16_t* xc = xs_h + (col & ~127) + sh.xs_perm[col & 127];
 #pragma unroll
             for (int i = 0; i < NT8; i++) {
               if (i == p.n_tokens) break;
