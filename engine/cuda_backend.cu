@@ -19,9 +19,10 @@
 //   x     += down linear
 // then the final norm of the rows that want logits (gathered), the classifier into logits
 // [n_out, vocab] fp32 and, for forward_topk, topk_cuda.
-// Decode (n <= 16 tokens) with a linear that is one packed matrix fuses the op after it into
-// the GEMV's epilogue (LutGemmFusion): SwiGLU into the gate|up GEMV (which then writes hb,
-// not gu) and the residual adds into the o and down GEMVs. Same results (kernels/lut_gemv.h).
+// Decode (n <= kLutGemvMaxTokens = 32 tokens) with a linear that is one packed matrix fuses
+// the op after it into the GEMV's epilogue (LutGemmFusion): SwiGLU into the gate|up GEMV
+// (which then writes hb, not gu) and the residual adds into the o and down GEMVs. Same
+// results (kernels/lut_gemv.h).
 // At one token the RMSNorm goes into the next GEMV too: the o / down GEMV that updates x
 // leaves partial sums of squares (sumsq), and the q|k|v / gate|up GEMV normalizes x while
 // staging it (no rmsnorm kernel but the first layer's and the final one; x can differ from
@@ -77,7 +78,7 @@ bool cuda_available() {
 
 namespace {
 
-constexpr int kMaxGraphBatch = 16;  // decode steps up to this size are graphed
+constexpr int kMaxGraphBatch = 32;  // decode steps up to this size are graphed
 constexpr int kSwigluBlock = 8;     // gate/up interleave: 8 gate + 8 up rows = one GEMV tile
 constexpr size_t kCublasWorkspaceBytes = 32u << 20;  // cuBLAS' recommendation for Hopper
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;

@@ -26,11 +26,12 @@ namespace sqz {
 // dependent launch (writes `out` only after the previous kernel has finished).
 void lut_dequant_cuda(const PackedMatrix& w, uint16_t* out, cudaStream_t stream);
 
-// The packed path for more tokens than the batched GEMV takes (> 16): dequantizing W to fp16
+// The packed path for more tokens than the batched GEMV takes (> 32): dequantizing W to fp16
 // scratch and multiplying with cuBLAS measured faster than lut_gemm_cuda's tensor-core kernel
-// at every LLaMA-7B shape and token count from 17 to 512, with and without outliers (H100:
+// at every LLaMA-7B shape and token count from 17 to 512, with and without outliers; from 17
+// to 32 tokens the GEMV in pieces beats it at every shape but 4096 x 4096 (H100:
 // kernels/NOTES_lut_gemv.md §8). lut_gemm_cuda stays the path that needs no scratch.
-constexpr int kLutDequantMinTokens = 17;
+constexpr int kLutDequantMinTokens = 33;
 
 }  // namespace sqz
 #endif

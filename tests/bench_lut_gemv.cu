@@ -1,7 +1,7 @@
 // Benchmark of lut_gemm_cuda (kernels/lut_gemv.cu) at LLaMA-7B shapes, 3 and 4 bits, without
 // and with 0.45% outliers, for 1, 8, 16 and 512 tokens. For each: time per call, bytes moved
 // (indices + LUT + CSR + x + y: each read or written once), GB/s, % of the measured read
-// bandwidth and the floor (bytes / bandwidth); for more than 16 tokens also TFLOP/s, cuBLAS
+// bandwidth and the floor (bytes / bandwidth); for more than 8 tokens also TFLOP/s, cuBLAS
 // fp16 GEMM (cublasGemmEx, fp16 in, fp32 compute and out) of the same shape, and the prefill
 // path of the engine: lut_dequant_cuda into an fp16 matrix, then that cuBLAS GEMM.
 //
@@ -295,7 +295,7 @@ int main(int argc, char** argv) {
           std::printf("%-14s %5d %5d %4d %5.2f %6d %9.2f %8.2f %7.0f %5.1f %8.2f", shape.name, shape.rows,
                       shape.cols, bits, 100 * frac, n, us, bytes / 1e6, gbs, 100 * gbs * 1e9 / bw,
                       bytes / bw * 1e6);
-          if (n > 16) {
+          if (n > 8) {  // the chunked GEMV next to the GEMM paths
             const double flops = 2.0 * shape.rows * shape.cols * n;
             // cuBLAS: y[n, rows] = x[n, cols] W^T with W fp16 [rows, cols] (random, not zeros).
             uint16_t* d_w = nullptr;

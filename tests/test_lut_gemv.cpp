@@ -2,7 +2,8 @@
 // same random packed matrices and the same fp16-rounded activations: bits 2/3/4, odd shapes
 // (rows and columns not multiples of 16 or 128), 0, 1 and many outliers per row and a row
 // whose every column is an outlier, unsorted CSR columns, token counts that hit every kernel
-// path (GEMV 1..8, 9..16, tensor-core GEMM > 16 with both tile sizes), CUDA graph capture.
+// path (GEMV 1..8, chunks of 8 for 9..32, tensor-core GEMM > 32 with both tile sizes), CUDA
+// graph capture.
 // y is poisoned with NaN before each launch: every element must be written.
 // lut_dequant_cuda (kernels/lut_dequant.cu, the prefill path) against the CPU lut_decode_row
 // rounded to fp16: bit for bit, on the same shapes and outlier patterns.
@@ -285,7 +286,7 @@ TEST(LutGemmCuda, OddShapesEveryPath) {
     for (Shape s : shapes)
       for (Outliers o : kPatterns) {
         TestMatrix m(s.rows, s.cols, bits, o, rng);
-        for (int n : {1, 2, 3, 8, 16, 17, 64, 512}) {
+        for (int n : {1, 2, 3, 8, 9, 16, 17, 32, 33, 64, 512}) {
           if (n == 512 && !s.medium) continue;
           worst = std::max(worst, check_case(m, n, rng, case_name(s.rows, s.cols, bits, o, n)));
         }
@@ -300,7 +301,7 @@ TEST(LutGemmCuda, Medium1000x3000) {
   for (int bits : {2, 3, 4})
     for (Outliers o : kPatterns) {
       TestMatrix m(1000, 3000, bits, o, rng);
-      for (int n : {1, 2, 3, 8, 16, 17, 64, 512})
+      for (int n : {1, 2, 3, 8, 9, 16, 17, 32, 33, 64, 512})
         worst = std::max(worst, check_case(m, n, rng, case_name(1000, 3000, bits, o, n)));
     }
   std::printf("largest |err| / sum|wx|: %.3g\n", worst);
@@ -313,7 +314,7 @@ TEST(LutGemmCuda, Llama7bShapes) {
   double worst = 0;
   {
     TestMatrix m(4096, 4096, 3, Outliers::REALISTIC, rng);
-    for (int n : {1, 8, 16, 17, 64})
+    for (int n : {1, 8, 16, 17, 32, 64})
       worst =
           std::max(worst, check_case(m, n, rng, case_name(4096, 4096, 3, Outliers::REALISTIC, n)));
   }
@@ -325,7 +326,7 @@ TEST(LutGemmCuda, Llama7bShapes) {
   }
   {
     TestMatrix m(4096, 11008, 3, Outliers::FULL_ROW, rng);
-    for (int n : {1, 8, 16, 17})
+    for (int n : {1, 8, 16, 17, 32})
       worst =
           std::max(worst, check_case(m, n, rng, case_name(4096, 11008, 3, Outliers::FULL_ROW, n)));
   }
@@ -434,50 +435,55 @@ std::vector<float> run_fused(const TestMatrix& m, const uint16_t* d_x, int n,
   return d_y.download();
 }
 
-// Residual add: y = y0 + W x, bit for bit the unfused result added to y0.
+// Residual add: y = y0 + W x, bit for bit the unfused result added to y0. Tokens run in
+// pieces (lut_gemm_cuda): 27 in two at 1000 columns; 11 and 27 in pieces of up to 8 at 12000
+// (x of more than 8 tokens does not fit the shared memory in one piece).
 TEST(LutGemmFusion, AccumulateIntoY) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(22);
-  for (int n : {1, 6, 11}) {
-    TestMatrix m(333, 1000, 3, Outliers::MANY, rng);
-    std::vector<uint16_t> x16;
-    std::vector<float> x32, y0(size_t(n) * m.rows);
-    random_x(n, m.cols, rng, x16, x32);
-    std::normal_distribution<float> nd;
-    for (auto& v : y0) v = nd(rng);
-    DeviceBuf<uint16_t> d_x(x16);
-    const std::vector<float> plain = run_fused(m, d_x.p, n, LutGemmFusion{}, y0);
-    LutGemmFusion f;
-    f.accumulate = true;
-    const std::vector<float> acc = run_fused(m, d_x.p, n, f, y0);
-    for (size_t i = 0; i < y0.size(); i++)
-      ASSERT_EQ(acc[i], y0[i] + plain[i]) << "n " << n << " i " << i;
-  }
+  for (int cols : {1000, 12000})
+    for (int n : {1, 6, 11, 27}) {
+      SCOPED_TRACE("cols " + std::to_string(cols));
+      TestMatrix m(333, cols, 3, Outliers::MANY, rng);
+      std::vector<uint16_t> x16;
+      std::vector<float> x32, y0(size_t(n) * m.rows);
+      random_x(n, m.cols, rng, x16, x32);
+      std::normal_distribution<float> nd;
+      for (auto& v : y0) v = nd(rng);
+      DeviceBuf<uint16_t> d_x(x16);
+      const std::vector<float> plain = run_fused(m, d_x.p, n, LutGemmFusion{}, y0);
+      LutGemmFusion f;
+      f.accumulate = true;
+      const std::vector<float> acc = run_fused(m, d_x.p, n, f, y0);
+      for (size_t i = 0; i < y0.size(); i++)
+        ASSERT_EQ(acc[i], y0[i] + plain[i]) << "n " << n << " i " << i;
+    }
 }
 
 // SwiGLU of gate/up rows interleaved by 8: bit for bit swiglu_cuda of the unfused output.
 TEST(LutGemmFusion, SwigluOutput) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(23);
-  for (int n : {1, 7, 13}) {
-    SCOPED_TRACE("n " + std::to_string(n));
-    const int hidden = 8 * 45;
-    TestMatrix m(2 * hidden, 1000, 3, Outliers::MANY, rng);
-    std::vector<uint16_t> x16;
-    std::vector<float> x32;
-    random_x(n, m.cols, rng, x16, x32);
-    DeviceBuf<uint16_t> d_x(x16);
-    DeviceBuf<float> d_y(size_t(n) * m.rows);
-    lut_gemm_cuda(m.dev, d_x.p, n, d_y.p, nullptr);
-    DeviceBuf<uint16_t> want(size_t(n) * hidden), got(size_t(n) * hidden);
-    swiglu_cuda(d_y.p, n, hidden, 8, want.p, nullptr);
-    CUDA_CHECK(cudaMemset(got.p, 0xff, got.n * 2));
-    LutGemmFusion f;
-    f.swiglu_out = got.p;
-    lut_gemm_cuda(m.dev, d_x.p, n, nullptr, nullptr, f);
-    CUDA_CHECK(cudaDeviceSynchronize());
-    EXPECT_EQ(got.download(), want.download());
-  }
+  for (int cols : {1000, 12000})
+    for (int n : {1, 7, 13, 30}) {
+      SCOPED_TRACE("n " + std::to_string(n) + " cols " + std::to_string(cols));
+      const int hidden = 8 * 45;
+      TestMatrix m(2 * hidden, cols, 3, Outliers::MANY, rng);
+      std::vector<uint16_t> x16;
+      std::vector<float> x32;
+      random_x(n, m.cols, rng, x16, x32);
+      DeviceBuf<uint16_t> d_x(x16);
+      DeviceBuf<float> d_y(size_t(n) * m.rows);
+      lut_gemm_cuda(m.dev, d_x.p, n, d_y.p, nullptr);
+      DeviceBuf<uint16_t> want(size_t(n) * hidden), got(size_t(n) * hidden);
+      swiglu_cuda(d_y.p, n, hidden, 8, want.p, nullptr);
+      CUDA_CHECK(cudaMemset(got.p, 0xff, got.n * 2));
+      LutGemmFusion f;
+      f.swiglu_out = got.p;
+      lut_gemm_cuda(m.dev, d_x.p, n, nullptr, nullptr, f);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      EXPECT_EQ(got.download(), want.download());
+    }
 }
 
 // The norm fusion's scale, computed as the kernel does (kernels/lut_gemv.cu,
@@ -549,7 +555,7 @@ TEST(LutGemmFusion, SumsOfSquaresOut) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(26);
   std::normal_distribution<float> nd;
-  for (int n : {1, 3, 8, 11}) {
+  for (int n : {1, 3, 8, 11, 25}) {
     SCOPED_TRACE("n " + std::to_string(n));
     TestMatrix m(333, 1000, 3, Outliers::MANY, rng);
     const int tiles = (m.rows + 15) / 16;
@@ -586,15 +592,16 @@ TEST(LutGemmFusion, RejectsBadArguments) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(24);
   TestMatrix m(40, 128, 3, Outliers::NONE, rng);
-  DeviceBuf<uint16_t> d_x(size_t(17) * 128), d_h(size_t(17) * 20);
-  DeviceBuf<float> d_y(size_t(17) * 40);
+  const int n_big = kLutGemvMaxTokens + 1;  // not the GEMV
+  DeviceBuf<uint16_t> d_x(size_t(n_big) * 128), d_h(size_t(n_big) * 20);
+  DeviceBuf<float> d_y(size_t(n_big) * 40);
   LutGemmFusion acc;
-  acc.accumulate = true;  // 17 tokens: not the GEMV
-  EXPECT_THROW(lut_gemm_cuda(m.dev, d_x.p, 17, d_y.p, nullptr, acc), std::invalid_argument);
+  acc.accumulate = true;
+  EXPECT_THROW(lut_gemm_cuda(m.dev, d_x.p, n_big, d_y.p, nullptr, acc), std::invalid_argument);
   LutGemmFusion sw;
   sw.swiglu_out = d_h.p;  // 40 rows: not a multiple of 16
   EXPECT_THROW(lut_gemm_cuda(m.dev, d_x.p, 1, d_y.p, nullptr, sw), std::invalid_argument);
-  DeviceBuf<float> d_f(size_t(17) * 128);
+  DeviceBuf<float> d_f(size_t(n_big) * 128);
   LutGemmFusion norm;
   norm.norm_x = d_f.p, norm.norm_w = d_f.p;  // no partial sums
   EXPECT_THROW(lut_gemm_cuda(m.dev, nullptr, 1, d_y.p, nullptr, norm), std::invalid_argument);
