@@ -420,7 +420,8 @@ __global__ void __launch_bounds__(kMmaThreads)
   const bool active = 16 * warp < tile.n;
   int warp_max_pos = max(pos0, pos1);
 #pragma unroll
-  for (int o = 4; o < 32; o <<= 1) warp_max_pos = max(warp_max_pos, __shfl_xor_sync(kFullMask, warp_max_pos, o));
+  for (int o = 4; o < 32; o <<= 1)
+    warp_max_pos = max(warp_max_pos, __shfl_xor_sync(kFullMask, warp_max_pos, o));
   uint32_t qa[KS][4];
   {
     const float* q0 = p.q + int64_t(tile.t0 + min(r0, tile.n - 1)) * p.q_stride + h * HD;
@@ -492,7 +493,8 @@ __global__ void __launch_bounds__(kMmaThreads)
       m0 = mn0, m1 = mn1;
       l0 *= c0, l1 *= c1;
 #pragma unroll
-      for (int nb = 0; nb < NB; nb++) o[nb][0] *= c0, o[nb][1] *= c0, o[nb][2] *= c1, o[nb][3] *= c1;
+      for (int nb = 0; nb < NB; nb++)
+        o[nb][0] *= c0, o[nb][1] *= c0, o[nb][2] *= c1, o[nb][3] *= c1;
       uint32_t pa[4][2];  // [key block][row g, row g + 8]: fp16 pairs of p
 #pragma unroll
       for (int kb = 0; kb < 4; kb++) {
@@ -634,8 +636,9 @@ __device__ void merge_if_last(const AttentionCudaParams& p, int n_splits, int n_
 // (attention_decode_cuda picks it; the kernel below takes the rest). Block (split s, kv head
 // g and GMAX of its query heads, token t): GMAX = 1 or 2 (hd 128), up to 4 (hd 64), as many
 // as fit the registers without spills (the K slices are converted once for all heads);
-// larger groups take several blocks, which read the same K/V. 4 warps; the chunk of split s (at least
-// kDecodeWarpSplitKeys keys) is cut into 32-key tiles and warp w takes tiles w, w + 4, ...,
+// larger groups take several blocks, which read the same K/V. 4 warps; the chunk of split s
+// (at least kDecodeWarpSplitKeys keys) is cut into 32-key tiles and warp w takes tiles w,
+// w + 4, ...,
 // so the 4 warps work on their own with no block barrier per tile; the warps' softmax states
 // are merged through shared memory at the end (and the splits, as above, by the last block).
 // In a tile, lane l loads 16 bytes (8 dims) of keys l / LK, l / LK + 32 / LK, ... (LK = hd / 8

@@ -246,6 +246,10 @@ constexpr int kMaxGemvTokens = kLutGemvMaxTokens;
 // Tokens per launch: NTILE 1 takes up to kGemvChunkTokens, NTILE 2 up to kMaxNtile2Tokens;
 // more tokens (up to kMaxGemvTokens) run in pieces, one launch each (launch_bits).
 constexpr int kGemvChunkTokens = 8, kMaxNtile2Tokens = 16;
+// The warp that loads the next tile's LUT rows and stores them to shared memory: the last
+// one, as warp 0 runs the tile epilogue (and the last warps have an item fewer when the
+// items do not divide evenly).
+constexpr int kMetaWarp = kGemvWarps - 1;
 
 template <int BITS>
 constexpr int kItemUnits = BITS == 4 ? 2 : 4;  // units per item: 64 (4-bit) / 96 B per lane
@@ -452,7 +456,7 @@ __device__ void gemv_stage_x_norm(const GemvNormParams& p, uint8_t* xs, float* r
   }
 }
 
-// A tile's LUT rows (rows past the end clamped), loaded by warp 0 into registers at the start
+// A tile's LUT rows (rows past the end clamped), loaded by kMetaWarp into registers at the start
 // of the previous tile and stored to shared memory at its end.
 template <int BITS>
 struct TileMeta {
@@ -646,7 +650,8 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
     cp_async_commit();
   }
   TileMeta<BITS> meta;
-  if (warp == 0) gemv_store_meta<BITS, NTILE>(gemv_load_meta<BITS>(p, blockIdx.x), sh, 0);
+  if (warp == kMetaWarp)
+    gemv_store_meta<BITS, NTILE>(gemv_load_meta<BITS>(p, blockIdx.x), sh, 0);
   if (threadIdx.x < 128) sh.xs_perm[threadIdx.x] = uint8_t(xs_offset<BITS>(threadIdx.x));
 
   // Outliers of this warp's rows (warp, warp + 8 of each tile), a tile ahead: while tile k
@@ -688,7 +693,8 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
   int stage = 0;  // ring stage of the warp's next item
   for (int k = 0; k < my_tiles; k++) {
     const int tile = blockIdx.x + k * gridDim.x, par = k & 1;
-    if (warp == 0 && k + 1 < my_tiles) meta = gemv_load_meta<BITS>(p, tile + gridDim.x);
+    if (warp == kMetaWarp && k + 1 < my_tiles)
+      meta = gemv_load_meta<BITS>(p, tile + gridDim.x);
     LutPlanes<BITS> lut0, lut1;
     gemv_lut_planes<BITS>(sh.lut[par] + g * kLutRowBytes<BITS>, lut0);
     gemv_lut_planes<BITS>(sh.lut[par] + (g + 8) * kLutRowBytes<BITS>, lut1);
@@ -798,7 +804,8 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
       *reinterpret_cast<float2*>(&sh.red[par][warp][g + 8][nt * 8 + 2 * t]) =
           make_float2(acc[0][nt][2] + acc[1][nt][2], acc[0][nt][3] + acc[1][nt][3]);
     }
-    if (warp == 0 && k + 1 < my_tiles) gemv_store_meta<BITS, NTILE>(meta, sh, par ^ 1);
+    if (warp == kMetaWarp && k + 1 < my_tiles)
+      gemv_store_meta<BITS, NTILE>(meta, sh, par ^ 1);
 #pragma unroll
     for (int i = 0; i < 4; i++) rp_cur[i] = rp_nxt[i], rp_nxt[i] = rp_nn[i];
 #pragma unroll
