@@ -727,28 +727,31 @@ __global__ void __launch_bounds__(kThreads) attention_decode_warps_kernel(
     kv_tile_fetch<LK, !V_LATE>(tk, tv, kbase, vbase, kv_dim, first, end, skip);
 
   const float* row = p.q + int64_t(t) * p.q_stride;
+  // A thread holds at most one pair of q (GMAX * HD <= 2 * kThreads) and, in the appending
+  // block, one pair of this step's k and v (HD / 2 < kThreads): every load is issued before
+  // any is used.
+  static_assert(GMAX * HD <= 2 * kThreads && HD / 2 <= kThreads, "one pair per thread");
+  const int e = 2 * threadIdx.x, i = (e % HD) / 2;
+  const bool has_q = e < nh * HD, has_kv = appends && e < HD;
   const float* q = row + (g * group + j0) * HD;
-  for (int e = 2 * threadIdx.x; e < nh * HD; e += 2 * blockDim.x) {
-    float2 v = make_float2(q[e], q[e + 1]);
-    if (append) {
-      const int i = (e % HD) / 2;
-      v = rope_rotate_pair(v.x, v.y, rope_cs[i], rope_sn[i]);
-    }
-    qs[e / HD][e % HD] = v.x, qs[e / HD][e % HD + 1] = v.y;
+  const float* k_new = row + (p.n_heads + g) * HD;
+  const float* v_new = row + (p.n_heads + p.n_kv_heads + g) * HD;
+  float2 qv = make_float2(0.0f, 0.0f), kv = qv, vv = qv;
+  if (has_q) qv = make_float2(q[e], q[e + 1]);
+  if (has_kv) kv = make_float2(k_new[e], k_new[e + 1]), vv = make_float2(v_new[e], v_new[e + 1]);
+  if (has_q) {
+    if (append) qv = rope_rotate_pair(qv.x, qv.y, rope_cs[i], rope_sn[i]);
+    qs[e / HD][e % HD] = qv.x, qs[e / HD][e % HD + 1] = qv.y;
   }
-  if (appends) {  // rotate this step's k, store k and v at pos, keep them for the tile
-    const float* k_new = row + (p.n_heads + g) * HD;
-    const float* v_new = row + (p.n_heads + p.n_kv_heads + g) * HD;
+  if (has_kv) {  // rotate this step's k, store k and v at pos, keep them for the tile
     const int64_t at = int64_t(len - 1) * kv_dim;
-    for (int i = threadIdx.x; i < HD / 2; i += blockDim.x) {
-      const float2 r = rope_rotate_pair(k_new[2 * i], k_new[2 * i + 1], rope_cs[i], rope_sn[i]);
-      const uint32_t kh = uint32_t(f2h(r.x)) | uint32_t(f2h(r.y)) << 16;
-      const uint32_t vh = uint32_t(f2h(v_new[2 * i])) | uint32_t(f2h(v_new[2 * i + 1])) << 16;
-      reinterpret_cast<uint32_t*>(kbase + at)[i] = kh;
-      reinterpret_cast<uint32_t*>(vbase + at)[i] = vh;
-      reinterpret_cast<uint32_t*>(knew)[i] = kh;
-      reinterpret_cast<uint32_t*>(vnew)[i] = vh;
-    }
+    const float2 r = rope_rotate_pair(kv.x, kv.y, rope_cs[i], rope_sn[i]);
+    const uint32_t kh = uint32_t(f2h(r.x)) | uint32_t(f2h(r.y)) << 16;
+    const uint32_t vh = uint32_t(f2h(vv.x)) | uint32_t(f2h(vv.y)) << 16;
+    reinterpret_cast<uint32_t*>(kbase + at)[i] = kh;
+    reinterpret_cast<uint32_t*>(vbase + at)[i] = vh;
+    reinterpret_cast<uint32_t*>(knew)[i] = kh;
+    reinterpret_cast<uint32_t*>(vnew)[i] = vh;
   }
   __syncthreads();
 
