@@ -259,8 +259,8 @@ constexpr int kItemUnits = BITS == 4 ? 2 : 4;  // units per item: 64 (4-bit) / 9
 // 9..16 tokens need the shared memory for x.
 template <int NTILE>
 constexpr int kStages = 2;
-template <int NTILE>
-constexpr int kGemvMinBlocks = NTILE == 1 ? 3 : 2;
+template <int BITS, int NTILE>
+constexpr int kGemvMinBlocks = NTILE == 1 && BITS != 4 ? 3 : 2;
 template <int BITS>
 constexpr int kLaneQuarterBytes = BITS == 4   ? 16
                                   : BITS == 3 ? 12
@@ -542,7 +542,7 @@ __device__ __forceinline__ int warp_transpose_index(int lane) {
 // NORM: the norm fusion (x staged from norm_x; one chunk). Its own instantiations, so the
 // kernels without it keep their code (the GEMV sits at the register cap).
 template <int BITS, int NTILE, int G, bool NORM = false>
-__global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<NTILE>)
+__global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<BITS, NTILE>)
     lut_gemv_kernel(const GemvParamsOf<NORM> p) {
   constexpr int QW = kQuarterWords<BITS>, NT8 = 8 * NTILE;
   constexpr int kUnitBytes = 16 * BITS;
