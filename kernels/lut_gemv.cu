@@ -255,12 +255,14 @@ template <int BITS>
 constexpr int kItemUnits = BITS == 4 ? 2 : 4;  // units per item: 64 (4-bit) / 96 B per lane
 // (3/2 bits also have G = 2 variants, for when x needs the shared memory: see launch_gemv.)
 // Per-warp ring of items in shared memory: copies of the next kStages - 1 items in flight
-// while one is decoded. 2 stages and 3 blocks per SM measured best for up to 8 tokens;
-// 9..16 tokens need the shared memory for x.
+// while one is decoded. 2 stages measured best for up to 8 tokens; 9..16 tokens need the
+// shared memory for x.
 template <int NTILE>
 constexpr int kStages = 2;
-template <int BITS, int NTILE>
-constexpr int kGemvMinBlocks = NTILE == 1 && BITS != 4 ? 3 : 2;
+// Blocks per SM the launch bounds ask for: 2 (up to 128 registers). 3 (80 registers) made the
+// 4-bit kernel spill and the others tighter: H100 A/B, 7B tg64 b1 3-bit 2.336 -> 2.228 ms,
+// 4-bit 2.972 -> 2.541 ms (4096-row 3-bit GEMVs alone 6% slower: 4096 x 4096 5.98 -> 6.34 us).
+constexpr int kGemvMinBlocks = 2;
 template <int BITS>
 constexpr int kLaneQuarterBytes = BITS == 4   ? 16
                                   : BITS == 3 ? 12
@@ -542,7 +544,7 @@ __device__ __forceinline__ int warp_transpose_index(int lane) {
 // NORM: the norm fusion (x staged from norm_x; one chunk). Its own instantiations, so the
 // kernels without it keep their code (the GEMV sits at the register cap).
 template <int BITS, int NTILE, int G, bool NORM = false>
-__global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks<BITS, NTILE>)
+__global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
     lut_gemv_kernel(const GemvParamsOf<NORM> p) {
   constexpr int QW = kQuarterWords<BITS>, NT8 = 8 * NTILE;
   constexpr int kUnitBytes = 16 * BITS;
