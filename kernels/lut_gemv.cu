@@ -587,9 +587,9 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
     const int valid = p.n_units - f_item * G;  // units of this item inside the row
     const int64_t off = int64_t(f_item) * G * kUnitBytes;
     // The usual case (every unit inside the row): no zero-fill, one base address per row. Not
-    // for 4 bits: its kernel is at the register cap (80) and this path made it spill in the
-    // item loop: 8 tokens 22016 x 4096 43.7 -> 51.3 us (bench_lut_gemv, H100).
-    if (BITS != 4 && valid >= G) {
+    // for the 4-bit NTILE 2 kernel: at its 128-register cap the path makes it spill (8 -> 24
+    // bytes).
+    if ((BITS != 4 || NTILE == 1) && valid >= G) {
 #pragma unroll
       for (int hr = 0; hr < 2; hr++) {
         const uint8_t* src = f_row[hr] + off;
