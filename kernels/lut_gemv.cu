@@ -487,9 +487,9 @@ __device__ __forceinline__ void gemv_store_meta(const TileMeta<BITS>& m, GemvSha
                                                 int buf) {
   // 3 and 2 bits: stored as byte planes, so each warp loads a row's LutPlanes with one load:
   // row r = lo[0..P) hi[0..P) (P = kLutPlanes); chunk i (entries 4c..4c+3 of row i / P) gives
-  // lo[c] and hi[c]. 4 bits: the entries as they are, each warp makes the planes (the 4-bit
-  // kernel is at the register cap: loading its planes here instead made it 25% slower at 8
-  // tokens, 22016 x 4096, H100).
+  // lo[c] and hi[c]. 4 bits: the entries as they are, each warp makes the planes (with the
+  // 4-bit kernel at the 80-register cap of 3 blocks per SM, loading its planes here instead
+  // made it 25% slower at 8 tokens, 22016 x 4096, H100; not measured since it has 128).
   constexpr int P = kLutPlanes<BITS>;
   const int lane = threadIdx.x & 31;
 #pragma unroll
@@ -542,7 +542,7 @@ __device__ __forceinline__ int warp_transpose_index(int lane) {
 }
 
 // NORM: the norm fusion (x staged from norm_x; one chunk). Its own instantiations, so the
-// kernels without it keep their code (the GEMV sits at the register cap).
+// kernels without it keep their code (the GEMV sits near its register cap).
 template <int BITS, int NTILE, int G, bool NORM = false>
 __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
     lut_gemv_kernel(const GemvParamsOf<NORM> p) {
