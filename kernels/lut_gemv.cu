@@ -713,44 +713,9 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
       for (int nt = 0; nt < NTILE; nt++)
         acc[a][nt][0] = acc[a][nt][1] = acc[a][nt][2] = acc[a][nt][3] = 0.0f;
 
-    for (int c = 0; c < p.n_chunks; c++) {
-      const int item0 = c * p.chunk_items, item1 = min(item0 + p.chunk_items, p.n_items);
-      if (!NORM && p.n_chunks > 1) {
-        __syncthreads();  // everyone is done with the previous chunk
-        gemv_stage_x<BITS, G>(p, xs, c);
-        __syncthreads();
-      }
-      for (int item = item0 + warp; item < item1; item += kGemvWarps) {
-        // Refill the stage read by the previous item, then wait for this item's copies.
-        fetch(stage == 0 ? kStages<NTILE> - 1 : stage - 1);
-        cp_async_commit();
-        cp_async_wait<kStages<NTILE> - 1>();
-        const int xs_item = (item - item0) * G * 256;
-#pragma unroll
-        for (int u = 0; u < G; u++) {
-          uint32_t w0[QW], w1[QW], p0[16], p1[16];
-          read_quarter(stage, u, 0, w0);
-          read_quarter(stage, u, 1, w1);
-          decode_quarter<BITS>(w0, lut0, p0);
-          decode_quarter<BITS>(w1, lut1, p1);
-#pragma unroll
-          for (int m = 0; m < 8; m += 2) {
-#pragma unroll
-            for (int nt = 0; nt < NTILE; nt++) {
-              const uint4 b =
-                  *reinterpret_cast<const uint4*>(xs + xs_lane[nt] + xs_item + u * 256 + m * 32);
-              mma_16816(acc[u & 1][nt], p0[2 * m], p1[2 * m], p0[2 * m + 1], p1[2 * m + 1], b.x,
-                        b.y);
-              mma_16816(acc[u & 1][nt], p0[2 * m + 2], p1[2 * m + 2], p0[2 * m + 3],
-                        p1[2 * m + 3], b.z, b.w);
-            }
-          }
-        }
-        stage = stage + 1 == kStages<NTILE> ? 0 : stage + 1;
-      }
-    }
-
-    // Outliers of rows warp, warp + 8: lanes over entries, every token, then one sum per
+    // Outliers of rows warp, warp + 8 (before the items: x_s is staged for the whole tile, or
+    // x is read from global; their latency then is not the last thing before the barrier):
+    // lanes over entries, every token, then one sum per
     // (row, token): both rows in one transposing reduction at one token.
     // (The token loop stops at n_tokens: testing every one of the 8 or 16 cost ~50
     // instructions per tile at one token.)
@@ -795,6 +760,43 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
           const int tok = warp_transpose_index<NT8>(lane);
           if (tok >= 0 && tok < p.n_tokens) sh.outl[par][warp + 8 * rr][tok] = v;
         }
+      }
+    }
+
+    for (int c = 0; c < p.n_chunks; c++) {
+      const int item0 = c * p.chunk_items, item1 = min(item0 + p.chunk_items, p.n_items);
+      if (!NORM && p.n_chunks > 1) {
+        __syncthreads();  // everyone is done with the previous chunk
+        gemv_stage_x<BITS, G>(p, xs, c);
+        __syncthreads();
+      }
+      for (int item = item0 + warp; item < item1; item += kGemvWarps) {
+        // Refill the stage read by the previous item, then wait for this item's copies.
+        fetch(stage == 0 ? kStages<NTILE> - 1 : stage - 1);
+        cp_async_commit();
+        cp_async_wait<kStages<NTILE> - 1>();
+        const int xs_item = (item - item0) * G * 256;
+#pragma unroll
+        for (int u = 0; u < G; u++) {
+          uint32_t w0[QW], w1[QW], p0[16], p1[16];
+          read_quarter(stage, u, 0, w0);
+          read_quarter(stage, u, 1, w1);
+          decode_quarter<BITS>(w0, lut0, p0);
+          decode_quarter<BITS>(w1, lut1, p1);
+#pragma unroll
+          for (int m = 0; m < 8; m += 2) {
+#pragma unroll
+            for (int nt = 0; nt < NTILE; nt++) {
+              const uint4 b =
+                  *reinterpret_cast<const uint4*>(xs + xs_lane[nt] + xs_item + u * 256 + m * 32);
+              mma_16816(acc[u & 1][nt], p0[2 * m], p1[2 * m], p0[2 * m + 1], p1[2 * m + 1], b.x,
+                        b.y);
+              mma_16816(acc[u & 1][nt], p0[2 * m + 2], p1[2 * m + 2], p0[2 * m + 3],
+                        p1[2 * m + 3], b.z, b.w);
+            }
+          }
+        }
+        stage = stage + 1 == kStages<NTILE> ? 0 : stage + 1;
       }
     }
 
