@@ -40,8 +40,8 @@
 
 #include "kernels/cuda_common.h"
 #include "kernels/cuda_util.cuh"
-#include "kernels/mma.cuh"
 #include "kernels/lut_gemv.h"
+#include "kernels/mma.cuh"
 #include "kernels/packed_layout.h"
 #include "kernels/pdl.cuh"
 
@@ -458,8 +458,8 @@ __device__ void gemv_stage_x_norm(const GemvNormParams& p, uint8_t* xs, float* r
   }
 }
 
-// A tile's LUT rows (rows past the end clamped), loaded by kMetaWarp into registers at the start
-// of the previous tile and stored to shared memory at its end.
+// A tile's LUT rows (rows past the end clamped), loaded by kMetaWarp into registers at the
+// start of the previous tile and stored to shared memory at its end.
 template <int BITS>
 struct TileMeta {
   static constexpr int kChunks = kTileRows * kLutRowBytes<BITS> / 8, kPerLane = (kChunks + 31) / 32;
