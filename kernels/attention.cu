@@ -1,13 +1,16 @@
-// Causal GQA attention on the GPU over the fp16 KV cache: a tiled prefill kernel (flash-
-// attention style, online softmax) and a split-K decode kernel (flash-decoding) whose last
+// Causal GQA attention on the GPU over the fp16 KV cache: tiled prefill kernels (flash-
+// attention style, online softmax; on tensor cores for head_dim 64 / 128) and split-K decode
+// kernels (flash-decoding; 4 warps on their own key tiles for head_dim 64 / 128) whose last
 // block per (token, kv head) merges the splits. Same math as attention() in
 // kernels/attention.cpp: scores q.k * 1/sqrt(hd) in fp32, softmax in fp32, fp32 accumulation
-// of p.v; output fp16. See kernels/attention.h for the parameters. Test: tests/test_cuda_kernels.cpp (AttentionCuda.*).
+// of p.v (the tensor-core prefill rounds q and p to fp16 for their products); output fp16.
+// See kernels/attention.h for the parameters. Test: tests/test_cuda_kernels.cpp
+// (AttentionCuda.*).
 //
-// K/V tiles are converted fp16 -> fp32 into shared memory; a row pitch of head_dim + 1
-// floats keeps the column-wise reads of the score loops free of bank conflicts. Keys past
-// the end of a tile's range are zero-filled (the cache beyond a sequence's length is never
-// read), so p = 0 never multiplies garbage.
+// The fp32 kernels convert K/V tiles fp16 -> fp32 into shared memory; a row pitch of
+// head_dim + 1 floats keeps the column-wise reads of the score loops free of bank conflicts.
+// Keys past the end of a tile's range are zero-filled (the cache beyond a sequence's length
+// is never read), so p = 0 never multiplies garbage.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -364,7 +367,7 @@ __global__ void __launch_bounds__(kThreads)
 // picks it; the two kernels above take the rest). Block (tile, head h), 2 warps: warp w owns
 // query rows 16 w .. 16 w + 15 of the tile as the M of m16n8k16 mma.sync (fp16 inputs, fp32
 // accumulation), flash-attention style:
-//   S = Q K^T: Q (scaled by nothing, rounded to fp16) as A fragments held in registers for
+//   S = Q K^T: Q (unscaled, rounded to fp16) as A fragments held in registers for
 //     the whole kernel; K from shared memory as B (row-major [key][d] is already K^T's
 //     column layout: two 32-bit loads per fragment).
 //   online softmax on the S fragments in fp32 (a row lives on the 4 lanes of a quad: two
@@ -638,18 +641,19 @@ __device__ void merge_if_last(const AttentionCudaParams& p, int n_splits, int n_
 // as fit the registers without spills (the K slices are converted once for all heads);
 // larger groups take several blocks, which read the same K/V. 4 warps; the chunk of split s
 // (at least kDecodeWarpSplitKeys keys) is cut into 32-key tiles and warp w takes tiles w,
-// w + 4, ...,
-// so the 4 warps work on their own with no block barrier per tile; the warps' softmax states
-// are merged through shared memory at the end (and the splits, as above, by the last block).
+// w + 4, ..., so the 4 warps work on their own with no block barrier per tile; the warps'
+// softmax states are merged through shared memory at the end (and the splits, as above, by
+// the last block).
 // In a tile, lane l loads 16 bytes (8 dims) of keys l / LK, l / LK + 32 / LK, ... (LK = hd / 8
 // lanes per key; one coalesced load covers 32 / LK keys) for K and V. Scores: each lane dots
 // its 8 dims of q with each of its LK key slices, and a transposing reduction over the LK
 // lanes of a key (LK - 1 shuffles) leaves every lane with the whole score of one key. Softmax
 // per warp (one key per lane). p . V: each lane gathers the p of its keys by shuffle and
 // accumulates its 8 dims; the key groups are summed at the end.
-// With rope_theta, cache positions < pos are loaded before the PDL wait (only this kernel
-// writes the cache, and the previous kernel does not: attention.h); this step's key, which
-// the block of the last chunk rotates and stores, joins its tile from shared memory.
+// With rope_theta, each warp's first tile of cached positions (< pos) is loaded before the
+// PDL wait (only this kernel writes the cache, and the previous kernel does not: attention.h);
+// this step's key, which the block of the last chunk rotates and stores, joins its tile from
+// shared memory.
 constexpr int kDecodeWarps = kThreads / 32;
 
 // Loads K (and V) rows of the tile at key0 into k (and v), zero for keys >= key_end and skip.
