@@ -63,7 +63,10 @@ struct AttentionTile {
 // Host: groups consecutive tokens of the same sequence into tiles; `tiles` has room for
 // n_tokens. Returns the number of tiles.
 int attention_make_tiles(const int* seq, const int* pos, int n_tokens, AttentionTile* tiles);
-// head_dim <= 256. Tiles on the device.
+// head_dim <= 256. Tiles on the device. head_dim 64 or 128 (16-byte aligned caches,
+// seq_stride % 8 == 0, q 8-byte aligned, q_stride even) runs on tensor cores: q and the
+// softmax weights p are rounded to fp16 for q . k and p . v (sums in fp32), as in flash
+// attention; the other shapes compute in fp32 throughout.
 void attention_prefill_cuda(const AttentionCudaParams& p, const AttentionTile* tiles,
                             int n_tiles, cudaStream_t stream);
 
