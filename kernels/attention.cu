@@ -564,8 +564,9 @@ __global__ void __launch_bounds__(kMmaThreads)
 // and stores k and v at pos (kernels/rope.cuh, the same bits as rope_cuda), then reads the
 // cache; every block rotates its q heads as it loads them.
 //
-// Keys per chunk for a sequence of len keys: whole tiles, at least kAttentionDecodeSplitKeys
-// keys, at most n_splits chunks.
+// Keys per chunk for a sequence of len keys: whole tiles, at least min_keys keys
+// (kAttentionDecodeSplitKeys, or kDecodeWarpSplitKeys for the warp-tile kernel), at most
+// n_splits chunks.
 __device__ __forceinline__ int decode_chunk(int len, int n_splits, int min_keys) {
   const int n = min(n_splits, (len + min_keys - 1) / min_keys);
   const int chunk = (len + n - 1) / n;
@@ -673,19 +674,28 @@ __device__ __forceinline__ void kv_tile_fetch(uint4 (&k)[LK], uint4 (&v)[LK], co
   }
 }
 
+// The 8 fp16 values of u, in order, as floats (the warp-tile kernel's K and V slices).
+__device__ __forceinline__ void halves_to_floats(const uint4& u, float (&f)[8]) {
+  const __half2* h = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    const float2 v = __half22float2(h[k]);
+    f[2 * k] = v.x, f[2 * k + 1] = v.y;
+  }
+}
+
+// (a, b) . the 8 fp16 values of h, summed in order.
 __device__ __forceinline__ float dot8(const float4& a, const float4& b, const uint4& h) {
-  const float2 h0 = __half22float2(*reinterpret_cast<const __half2*>(&h.x));
-  const float2 h1 = __half22float2(*reinterpret_cast<const __half2*>(&h.y));
-  const float2 h2 = __half22float2(*reinterpret_cast<const __half2*>(&h.z));
-  const float2 h3 = __half22float2(*reinterpret_cast<const __half2*>(&h.w));
-  float d = a.x * h0.x;
-  d += a.y * h0.y;
-  d += a.z * h1.x;
-  d += a.w * h1.y;
-  d += b.x * h2.x;
-  d += b.y * h2.y;
-  d += b.z * h3.x;
-  d += b.w * h3.y;
+  float k[8];
+  halves_to_floats(h, k);
+  float d = a.x * k[0];
+  d += a.y * k[1];
+  d += a.z * k[2];
+  d += a.w * k[3];
+  d += b.x * k[4];
+  d += b.y * k[5];
+  d += b.z * k[6];
+  d += b.w * k[7];
   return d;
 }
 
@@ -806,14 +816,8 @@ __global__ void __launch_bounds__(kThreads) attention_decode_warps_kernel(
     }
 #pragma unroll
     for (int r = 0; r < LK; r++) {
-      const uint4 h = tv[r];
       float v[8];
-      const float2 v0 = __half22float2(*reinterpret_cast<const __half2*>(&h.x));
-      const float2 v1 = __half22float2(*reinterpret_cast<const __half2*>(&h.y));
-      const float2 v2 = __half22float2(*reinterpret_cast<const __half2*>(&h.z));
-      const float2 v3 = __half22float2(*reinterpret_cast<const __half2*>(&h.w));
-      v[0] = v0.x, v[1] = v0.y, v[2] = v1.x, v[3] = v1.y, v[4] = v2.x, v[5] = v2.y;
-      v[6] = v3.x, v[7] = v3.y;
+      halves_to_floats(tv[r], v);
 #pragma unroll
       for (int j = 0; j < GMAX; j++) {
         if (j >= nh) break;
@@ -1095,6 +1099,14 @@ void launch_decode(const AttentionCudaParams& p, int n_splits, float* scratch, i
   CUDA_CHECK_LAUNCH();
 }
 
+// Whether the tensor-core prefill and the warp-tile decode kernels take p's shapes: head_dim
+// 64 or 128, and K/V rows of 16-byte aligned slices (aligned caches, seq_stride % 8 == 0).
+bool kv_rows_fit_warp_kernels(const AttentionCudaParams& p) {
+  return (p.head_dim == 64 || p.head_dim == 128) && p.seq_stride % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(p.k_cache) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(p.v_cache) % 16 == 0;
+}
+
 template <int HD>
 void launch_prefill_mma(const AttentionCudaParams& p, const AttentionTile* tiles, int n_tiles,
                         cudaStream_t stream) {
@@ -1139,10 +1151,8 @@ void attention_prefill_cuda(const AttentionCudaParams& p, const AttentionTile* t
   if (n_tiles <= 0) return;
   check_params(p, "attention_prefill_cuda");
   if (p.n_heads > 65535) throw std::invalid_argument("attention_prefill_cuda: too many heads");
-  if ((p.head_dim == 64 || p.head_dim == 128) && p.seq_stride % 8 == 0 && p.q_stride % 2 == 0 &&
-      reinterpret_cast<uintptr_t>(p.k_cache) % 16 == 0 &&
-      reinterpret_cast<uintptr_t>(p.v_cache) % 16 == 0 &&
-      reinterpret_cast<uintptr_t>(p.q) % 8 == 0) {
+  if (kv_rows_fit_warp_kernels(p) && p.q_stride % 2 == 0 &&
+      reinterpret_cast<uintptr_t>(p.q) % 8 == 0) {  // q read as float2
     if (p.head_dim == 64) launch_prefill_mma<64>(p, tiles, n_tiles, stream);
     else launch_prefill_mma<128>(p, tiles, n_tiles, stream);
     return;
@@ -1189,9 +1199,7 @@ void attention_decode_cuda(const AttentionCudaParams& p, int n_splits, float* sc
   if (p.rope_theta > 0.0f && p.head_dim % 2 != 0)
     throw std::invalid_argument("attention_decode_cuda: the fused RoPE needs an even head_dim");
   const int group = p.n_heads / p.n_kv_heads, gsize = group * p.head_dim;
-  if ((p.head_dim == 64 || p.head_dim == 128) && p.seq_stride % 8 == 0 &&
-      reinterpret_cast<uintptr_t>(p.k_cache) % 16 == 0 &&
-      reinterpret_cast<uintptr_t>(p.v_cache) % 16 == 0) {
+  if (kv_rows_fit_warp_kernels(p)) {
     if (p.head_dim == 64) {
       if (group == 1) launch_decode_warps<8, 1>(p, n_splits, scratch, counters, stream);
       else if (group == 2) launch_decode_warps<8, 2>(p, n_splits, scratch, counters, stream);
