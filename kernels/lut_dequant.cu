@@ -67,8 +67,9 @@ __global__ void __launch_bounds__(kThreads)
       // quarter within / 2, half within % 2: the first half's even and odd columns are lanes
       // A and B; the second half's even columns lane C, its odd ones the msbs of A, B, C
       const int q = within / 2;
-      const uint32_t a = lane_u32(unit + 8 * q), b = lane_u32(unit + 8 * q + 4),
-                     c = lane_u32(unit + 32 + 4 * q);
+      const uint32_t a = lane_u32(unit + packed3_lane_offset(q, 0)),
+                     b = lane_u32(unit + packed3_lane_offset(q, 1)),
+                     c = lane_u32(unit + packed3_lane_offset(q, 2));
       uint32_t ev = within % 2 ? c : a;
       uint32_t od = within % 2 ? packed3_odd_high(a, b, c) : b;
 #pragma unroll

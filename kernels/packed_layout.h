@@ -54,7 +54,7 @@ SQZ_LAYOUT_HD uint32_t packed3_odd_high(uint32_t a, uint32_t b, uint32_t c) {
 }
 
 // 3 bits: byte offset within the unit of lane A (s = 0), B (1) or C (2) of quarter q.
-inline int packed3_lane_offset(int q, int s) { return s == 2 ? 32 + 4 * q : 8 * q + 4 * s; }
+SQZ_LAYOUT_HD int packed3_lane_offset(int q, int s) { return s == 2 ? 32 + 4 * q : 8 * q + 4 * s; }
 
 // 3 bits: where column i (0..31) of a quarter lives: the index's low 3 bits in nibble `nib`
 // of lane `s`, or (s == -1) bit b of the index in the msb of nibble `nib` of lane b.
