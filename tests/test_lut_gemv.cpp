@@ -2,8 +2,8 @@
 // same random packed matrices and the same fp16-rounded activations: bits 2/3/4, odd shapes
 // (rows and columns not multiples of 16 or 128), 0, 1 and many outliers per row and a row
 // whose every column is an outlier, unsorted CSR columns, token counts that hit every kernel
-// path (GEMV 1..8, chunks of 8 for 9..32, tensor-core GEMM > 32 with both tile sizes), CUDA
-// graph capture.
+// path (GEMV 1..8, 9..16, and 17..32 in pieces of up to 16 or 8 tokens; tensor-core GEMM > 32
+// with both tile sizes), CUDA graph capture.
 // y is poisoned with NaN before each launch: every element must be written.
 // lut_dequant_cuda (kernels/lut_dequant.cu, the prefill path) against the CPU lut_decode_row
 // rounded to fp16: bit for bit, on the same shapes and outlier patterns.
@@ -422,7 +422,6 @@ TEST(LutGemmCuda, RejectsBadArguments) {
   w.cols = kLutGpuMaxCols + 128, w.row_bytes = packed_row_bytes(w.cols, w.bits);
   EXPECT_THROW(lut_gemm_cuda(w, d_x.p, 1, d_y.p, nullptr), std::invalid_argument);
 }
-
 
 // ---- fusions (LutGemmFusion) ----------------------------------------------------------
 
