@@ -6,8 +6,10 @@
 // bandwidth).
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <sstream>
+#include <string>
 
 #include "engine/engine.h"
 #include "kernels/bandwidth.h"
@@ -46,6 +48,43 @@ std::vector<int> parse_ints(const std::string& s, const char* flag, int min_valu
       throw usage_error(std::string(flag) + " values must be >= " + std::to_string(min_value));
   }
   return out;
+}
+
+// The table: each column's printf width (negative: left-aligned) and header. The header, the
+// rule under it and every row take their widths from here.
+struct Column {
+  int width;
+  const char* name;
+};
+constexpr Column kColumns[] = {{-28, "model"}, {10, "size"},   {8, "params"}, {7, "backend"},
+                               {-17, "test"},  {18, "t/s"},    {9, "ms/step"}, {8, "GB/s"},
+                               {6, "% bw"},    {9, "floor ms"}};
+constexpr int kNumColumns = int(sizeof kColumns / sizeof kColumns[0]);
+
+void print_row(const std::string (&cells)[kNumColumns]) {
+  std::string line = "|";
+  for (int i = 0; i < kNumColumns; i++) {
+    char b[96];
+    std::snprintf(b, sizeof b, " %*s |", kColumns[i].width, cells[i].c_str());
+    line += b;
+  }
+  std::printf("%s\n", line.c_str());
+}
+
+void print_header() {
+  std::string cells[kNumColumns], rule = "|";
+  for (int i = 0; i < kNumColumns; i++) {
+    cells[i] = kColumns[i].name;
+    rule += std::string(std::abs(kColumns[i].width) + 2, '-') + "|";
+  }
+  print_row(cells);
+  std::printf("%s\n", rule.c_str());
+}
+
+std::string fmt(const char* f, double v) {
+  char b[48];
+  std::snprintf(b, sizeof b, f, v);
+  return b;
 }
 
 std::string human(double bytes) {
@@ -135,14 +174,7 @@ int cmd_bench(int argc, char** argv) {
     }
     if (!header) {
       std::printf("read bandwidth: %.1f GB/s (%s)\n\n", bw / 1e9, bw_what.c_str());
-      std::printf("| %-28s | %10s | %8s | %7s | %-17s | %18s | %9s | %8s | %6s | %9s |\n", "model",
-                  "size", "params", "backend", "test", "t/s", "ms/step", "GB/s", "% bw", "floor ms");
-      std::printf("|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", std::string(30, '-').c_str(),
-                  std::string(12, '-').c_str(), std::string(10, '-').c_str(),
-                  std::string(9, '-').c_str(), std::string(19, '-').c_str(),
-                  std::string(20, '-').c_str(), std::string(11, '-').c_str(),
-                  std::string(10, '-').c_str(), std::string(8, '-').c_str(),
-                  std::string(11, '-').c_str());
+      print_header();
       header = true;
     }
     std::string name = path.substr(path.find_last_of('/') == std::string::npos ? 0 : path.find_last_of('/') + 1);
@@ -151,6 +183,7 @@ int cmd_bench(int argc, char** argv) {
     char params[32];
     std::snprintf(params, sizeof params, "%.2f B", m.n_params() / 1e9);
     if (m.n_params() < 1e9) std::snprintf(params, sizeof params, "%.2f M", m.n_params() / 1e6);
+    const std::string size = human(double(m.n_bytes()));
     std::uniform_int_distribution<int> tok(3, m.config.vocab_size - 1);
     std::vector<float> logits(size_t(max_b) * m.config.vocab_size);
 
@@ -178,12 +211,10 @@ int cmd_bench(int argc, char** argv) {
           if (rep >= 0) tps.push_back(pp / dt);
         }
         Stat s = stats(tps);
-        char test[32], ts[40];
-        std::snprintf(test, sizeof test, "pp%d%s", pp, at.c_str());
+        char ts[40];
         std::snprintf(ts, sizeof ts, "%.2f ± %.2f", s.mean, s.sd);
-        std::printf("| %-28s | %10s | %8s | %7s | %-17s | %18s | %9.2f | %8s | %6s | %9s |\n",
-                    name.c_str(), human(double(m.n_bytes())).c_str(), params, be.name().c_str(),
-                    test, ts, 1e3 * pp / s.mean, "-", "-", "-");
+        print_row({name, size, params, be.name(), "pp" + std::to_string(pp) + at, ts,
+                   fmt("%.2f", 1e3 * pp / s.mean), "-", "-", "-"});
         std::fflush(stdout);
       }
       for (int nb : batches) {
@@ -205,14 +236,14 @@ int cmd_bench(int argc, char** argv) {
           if (rep >= 0) tps.push_back(double(nb) * n_gen / dt), step_ms.push_back(1e3 * dt / n_gen);
         }
         Stat s = stats(tps), ms = stats(step_ms);
-        double bytes = step_bytes(m, nb, depth + n_gen / 2.0, be.name() == "cuda");
+        double bytes = step_bytes(m, nb, depth + n_gen / 2.0, gpu);
         double gbs = bytes / (ms.mean * 1e-3) / 1e9;
-        char test[40], ts[40];
-        std::snprintf(test, sizeof test, "tg%d b%d%s", n_gen, nb, at.c_str());
+        char ts[40];
         std::snprintf(ts, sizeof ts, "%.2f ± %.2f", s.mean, s.sd);
-        std::printf("| %-28s | %10s | %8s | %7s | %-17s | %18s | %9.3f | %8.1f | %5.1f%% | %9.3f |\n",
-                    name.c_str(), human(double(m.n_bytes())).c_str(), params, be.name().c_str(),
-                    test, ts, ms.mean, gbs, 100 * gbs * 1e9 / bw, 1e3 * bytes / bw);
+        print_row({name, size, params, be.name(),
+                   "tg" + std::to_string(n_gen) + " b" + std::to_string(nb) + at, ts,
+                   fmt("%.3f", ms.mean), fmt("%.1f", gbs), fmt("%.1f%%", 100 * gbs * 1e9 / bw),
+                   fmt("%.3f", 1e3 * bytes / bw)});
         std::fflush(stdout);
       }
     }
