@@ -226,8 +226,8 @@ SQZ_HD void to_natural_order(uint32_t (&p)[16]) {
 //   - each lane copies its own index words of the warp's next item (possibly in the next
 //     tile) into a per-warp ring in shared memory with cp.async while the current one is
 //     decoded (kStages items per warp);
-//   - warp 0 loads the next tile's LUT rows into registers at the start of a tile and stores
-//     them to shared memory before the tile's closing barrier;
+//   - the last warp (kMetaWarp) loads the next tile's LUT rows into registers at the start
+//     of a tile and stores them to shared memory before the tile's closing barrier;
 //   - each lane loads the row pointers of its 2 outlier rows two tiles ahead and a first CSR
 //     entry of each one tile ahead; a tile's entries are applied before its items (x from
 //     x_s). At one token lane (g, t) takes entries t + 4 w, + 32, ... of its own rows g, g + 8

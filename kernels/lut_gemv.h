@@ -40,14 +40,16 @@ void lut_gemm(const PackedMatrix& w, const float* x, int n_tokens, float* y, Thr
 namespace sqz {
 
 // CUDA: y[t, r] = sum_c W[r, c] * x[t, c] for t < n_tokens, every pointer of `w` on the
-// device (the outliers as `outliers`; col_idx and values are not read). x is fp16 [n_tokens, cols] (__half bits), y fp32 [n_tokens, rows]; fp32 accumulate;
-// CSR outliers applied in the same kernel. Picks the kernel by n_tokens: a GEMV for 1, a
-// batched kernel that decodes each weight once for 2..16 (17..32: in pieces of up to 16, or
-// 8 when x does not fit its shared memory, one launch each), and a tiled tensor-core kernel
-// for more. Any rows/cols (no multiple-of-128 rule).
+// device (the outliers as `outliers`; col_idx and values are not read). x is fp16
+// [n_tokens, cols] (__half bits), y fp32 [n_tokens, rows]; fp32 accumulate; CSR outliers
+// applied in the same kernel. Picks the kernel by n_tokens: a GEMV for 1, a batched kernel
+// that decodes each weight once for 2..16 (17..32: in pieces of up to 16, or 8 when x does
+// not fit its shared memory, one launch each), and a tiled tensor-core kernel for more. Any
+// rows/cols (no multiple-of-128 rule).
 // Launch errors throw cuda_error; bad arguments (bits, row_bytes, alignment: indices 16-byte,
-// lut 4-byte; cols > kLutGpuMaxCols) throw std::invalid_argument. No host synchronisation and no allocation, so it can
-// be captured in a CUDA graph. kernels/NOTES_lut_gemv.md describes the kernels.
+// lut 8-byte; cols > kLutGpuMaxCols) throw std::invalid_argument. No host synchronisation and
+// no allocation, so it can be captured in a CUDA graph. kernels/NOTES_lut_gemv.md describes
+// the kernels.
 struct LutGemmFusion;
 void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
                    cudaStream_t stream);
