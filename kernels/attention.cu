@@ -614,9 +614,8 @@ __device__ void combine_head(const AttentionCudaParams& p, int n_splits, int n_u
 
 // Called by every thread of a split's block once its partials are in the scratch: the last
 // of the `arrivals` blocks of (kv head g, token t) to finish merges the n_used splits of
-// every head of the group (the
-// threadFenceReduction pattern: each block's partials are fenced before its count), then
-// resets the counter for the next call. The merge reads the splits in a fixed order, so the
+// every head of the group (the threadFenceReduction pattern: each block's partials are
+// fenced before its count), then resets the counter for the next call. The merge reads the splits in a fixed order, so the
 // result does not depend on which block comes last.
 __device__ void merge_if_last(const AttentionCudaParams& p, int n_splits, int n_used,
                               const float* scratch, int* counters, int t, int g,
