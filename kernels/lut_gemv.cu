@@ -389,46 +389,62 @@ __device__ void gemv_stage_x(const GemvParams& p, uint8_t* xs, int chunk) {
   }
 }
 
+// Whether the norm fusion's loads are 16-byte vectors (whole 16-column groups in or out).
+__device__ __forceinline__ bool norm_vec(const GemvNormParams& p) {
+  return p.cols % 16 == 0 && reinterpret_cast<uintptr_t>(p.norm_x) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(p.norm_w) % 16 == 0;
+}
+
+// 16 floats of v from column col (zero beyond cols), vector or predicated scalar loads.
+__device__ __forceinline__ void norm_load16(const float* v, int col, int cols, bool vec,
+                                            float (&out)[16]) {
+  if (vec) {
+    const bool in = col < cols;  // whole groups in or out
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      const float4 a =
+          in ? *reinterpret_cast<const float4*>(v + col + 4 * k) : make_float4(0.f, 0.f, 0.f, 0.f);
+      out[4 * k] = a.x, out[4 * k + 1] = a.y, out[4 * k + 2] = a.z, out[4 * k + 3] = a.w;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < 16; k++) out[k] = col + k < cols ? v[col + k] : 0.0f;
+  }
+}
+
+// The norm weights of this thread's first group of x (group threadIdx.x of token 0): constant
+// data, so the kernel loads them before pdl_wait and their round trip overlaps the previous
+// kernel.
+template <int G>
+__device__ __forceinline__ void gemv_norm_w_first(const GemvNormParams& p, float (&wv)[16]) {
+  const int n_groups = p.chunk_items * G * 8;
+  if (int(threadIdx.x) < p.n_tokens * n_groups)
+    norm_load16(p.norm_w, 16 * (int(threadIdx.x) % n_groups), p.cols, norm_vec(p), wv);
+}
+
 // The norm fusion's staging (one chunk: the launcher ensures it): scale_t from the partial
 // sums of squares (thread i sums partials i, i + 256, ... in order; then the warp tree; then
 // the 8 warps in order: the same sum in every block), then x = fp16(norm_x * scale_t * norm_w)
 // per column, rmsnorm_cuda's expression. `red` is shared scratch of >= 8 * 17 floats. Each
-// thread's first group of x and w is loaded before the partial sums, so their L2 round trips
-// overlap; loads are vector (16 columns: 8 x 16 bytes) when cols % 16 == 0 and aligned, else
-// predicated scalars, all issued before the first use. (Branchy scalar loads, one use each
-// before the next load, made this kernel 6.7 us slower than the plain one at 7B: H100.)
+// thread's first group of x is loaded before the partial sums, so their L2 round trips
+// overlap (its norm weights wv came before pdl_wait: gemv_norm_w_first); loads are vector
+// (16 columns: 8 x 16 bytes) when cols % 16 == 0 and aligned, else predicated scalars, all
+// issued before the first use. (Branchy scalar loads, one use each before the next load, made
+// this kernel 6.7 us slower than the plain one at 7B: H100.)
 template <int BITS, int G>
-__device__ void gemv_stage_x_norm(const GemvNormParams& p, uint8_t* xs, float* red) {
+__device__ void gemv_stage_x_norm(const GemvNormParams& p, uint8_t* xs, float* red,
+                                  float (&wv)[16]) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int n_groups = p.chunk_items * G * 8;  // 16-column groups per token
   const int total = p.n_tokens * n_groups;
-  const bool vec = p.cols % 16 == 0 && reinterpret_cast<uintptr_t>(p.norm_x) % 16 == 0 &&
-                   reinterpret_cast<uintptr_t>(p.norm_w) % 16 == 0;
-  float xv[16], wv[16];
-  auto load = [&](int i) {
+  const bool vec = norm_vec(p);
+  float xv[16];
+  auto load = [&](int i, bool w) {
     const int tok = i / n_groups, col = 16 * (i - tok * n_groups);
-    const float* src = p.norm_x + int64_t(tok) * p.cols;
-    if (vec) {
-#pragma unroll
-      for (int k = 0; k < 4; k++) {
-        const bool in = col < p.cols;  // whole groups in or out
-        const float4 a = in ? *reinterpret_cast<const float4*>(src + col + 4 * k)
-                            : make_float4(0.f, 0.f, 0.f, 0.f);
-        const float4 b = in ? *reinterpret_cast<const float4*>(p.norm_w + col + 4 * k)
-                            : make_float4(0.f, 0.f, 0.f, 0.f);
-        xv[4 * k] = a.x, xv[4 * k + 1] = a.y, xv[4 * k + 2] = a.z, xv[4 * k + 3] = a.w;
-        wv[4 * k] = b.x, wv[4 * k + 1] = b.y, wv[4 * k + 2] = b.z, wv[4 * k + 3] = b.w;
-      }
-    } else {
-#pragma unroll
-      for (int k = 0; k < 16; k++) {
-        const bool in = col + k < p.cols;
-        xv[k] = in ? src[col + k] : 0.0f;
-        wv[k] = in ? p.norm_w[col + k] : 0.0f;
-      }
-    }
+    norm_load16(p.norm_x + int64_t(tok) * p.cols, col, p.cols, vec, xv);
+    if (w) norm_load16(p.norm_w, col, p.cols, vec, wv);
   };
-  if (int(threadIdx.x) < total) load(threadIdx.x);
+  if (int(threadIdx.x) < total) load(threadIdx.x, false);  // wv: gemv_norm_w_first
 
   const int n_parts = (p.cols + kTileRows - 1) / kTileRows;
   for (int tok = 0; tok < p.n_tokens; tok++) {
@@ -448,7 +464,7 @@ __device__ void gemv_stage_x_norm(const GemvNormParams& p, uint8_t* xs, float* r
   }
   __syncthreads();
   for (int i = threadIdx.x; i < total; i += kGemvThreads) {
-    if (i != int(threadIdx.x)) load(i);
+    if (i != int(threadIdx.x)) load(i, true);
     const int tok = i / n_groups, q = i - tok * n_groups;
     const float sc = scale[tok];
     uint32_t v[8];
@@ -690,12 +706,15 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
     load_csr(rp_cur, oe_cur);
     if (my_tiles > 1) load_rp(blockIdx.x + gridDim.x, rp_nxt);
   }
-  // Everything above reads only the weights (index words, LUT, CSR row pointers): with PDL
-  // it overlaps the previous kernel; x and y belong to the earlier kernels (kernels/pdl.cuh).
+  float nw_first[16];  // NORM: the norm weights of this thread's first group of x
+  if constexpr (NORM) gemv_norm_w_first<G>(p, nw_first);
+  // Everything above reads only the weights (index words, LUT, CSR row pointers, norm
+  // weights): with PDL it overlaps the previous kernel; x and y belong to the earlier kernels
+  // (kernels/pdl.cuh).
   pdl_wait();
   pdl_launch_dependents();
   if constexpr (NORM)
-    gemv_stage_x_norm<BITS, G>(p, xs, &sh.red[0][0][0][0]);
+    gemv_stage_x_norm<BITS, G>(p, xs, &sh.red[0][0][0][0], nw_first);
   else if (p.n_chunks == 1)
     gemv_stage_x<BITS, G>(p, xs, 0);
   __syncthreads();

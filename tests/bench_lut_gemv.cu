@@ -11,7 +11,8 @@
 // launches. That is what a decode step captured in a graph sees, launch gaps included.
 // Every configuration is first checked against the CPU lut_gemm on 64 rows; a mismatch aborts.
 //
-// Usage: bench_lut_gemv [--shape NAME] [--bits B] [--outliers PCT] [token counts...]
+// Usage: bench_lut_gemv [--shape NAME|ROWSxCOLS] [--bits B] [--outliers PCT] [token counts...]
+// (--shape 21120x4096: one shape of any size instead of the LLaMA-7B ones)
 // (default: all shapes, bits 3 and 4, outliers 0 and 0.45 %, tokens 1 8 16 512)
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
@@ -267,7 +268,24 @@ int main(int argc, char** argv) {
   std::printf("%-14s %5s %5s %4s %5s %6s %9s %8s %7s %5s %8s %8s %9s %8s %7s %8s\n", "shape", "rows", "cols",
               "bits", "outl%", "tokens", "time_us", "MB", "GB/s", "%bw", "floor_us", "TFLOP/s",
               "cuBLAS_us", "cuBLAS_TF", "deq_us", "deq+BLAS");
-  for (const Shape& shape : kShapes) {
+  std::vector<Shape> shapes(std::begin(kShapes), std::end(kShapes));
+  int custom_rows = 0, custom_cols = 0;
+  char custom_end = 0;
+  if (std::sscanf(only_shape.c_str(), "%dx%d%c", &custom_rows, &custom_cols, &custom_end) == 2) {
+    if (custom_rows <= 0 || custom_cols <= 0) {
+      std::fprintf(stderr, "bench_lut_gemv: --shape %s: rows and cols must be positive\n",
+                   only_shape.c_str());
+      return 1;
+    }
+    shapes = {{only_shape.c_str(), custom_rows, custom_cols}};
+  } else if (!only_shape.empty() &&
+             std::none_of(shapes.begin(), shapes.end(),
+                          [&](const Shape& s) { return only_shape == s.name; })) {
+    std::fprintf(stderr, "bench_lut_gemv: unknown --shape %s (a LLaMA-7B name or ROWSxCOLS)\n",
+                 only_shape.c_str());
+    return 1;
+  }
+  for (const Shape& shape : shapes) {
     if (!only_shape.empty() && only_shape != shape.name) continue;
     for (int bits : bit_widths)
       for (double frac : outlier_fracs) {
