@@ -423,9 +423,9 @@ __device__ __forceinline__ void gemv_norm_w_first(const GemvNormParams& p, float
 }
 
 // The norm fusion's staging (one chunk: the launcher ensures it): scale_t from the partial
-// sums of squares (thread i sums partials i, i + 256, ... in order; then the warp tree; then
-// the 8 warps in order: the same sum in every block), then x = fp16(norm_x * scale_t * norm_w)
-// per column, rmsnorm_cuda's expression. `red` is shared scratch of >= 8 * 17 floats. Each
+// sums of squares (each warp: lane l sums partials l, l + 32, ... in order, then the warp's
+// xor tree: the same sum in every warp and block), then x = fp16(norm_x * scale_t * norm_w)
+// per column, rmsnorm_cuda's expression. `red` is shared scratch of >= 8 * 8 floats. Each
 // thread's first group of x is loaded before the partial sums, so their L2 round trips
 // overlap (its norm weights wv came before pdl_wait: gemv_norm_w_first); loads are vector
 // (16 columns: 8 x 16 bytes) when cols % 16 == 0 and aligned, else predicated scalars, all
@@ -446,23 +446,18 @@ __device__ void gemv_stage_x_norm(const GemvNormParams& p, uint8_t* xs, float* r
   };
   if (int(threadIdx.x) < total) load(threadIdx.x, false);  // wv: gemv_norm_w_first
 
+  // Every warp sums all partials itself (lane l: partials l, l + 32, ... in order, then the
+  // xor tree, which leaves the same bits in every lane): no block barrier before the scale.
   const int n_parts = (p.cols + kTileRows - 1) / kTileRows;
+  float* scale = red + warp * kLutGemvNormMaxTokens;  // this warp's scale per token
   for (int tok = 0; tok < p.n_tokens; tok++) {
     float s = 0.0f;
-    for (int i = threadIdx.x; i < n_parts; i += kGemvThreads)
-      s += p.norm_sumsq[int64_t(tok) * n_parts + i];
+#pragma unroll 8
+    for (int i = lane; i < n_parts; i += 32) s += p.norm_sumsq[int64_t(tok) * n_parts + i];
     s = warp_sum(s);
-    if (lane == 0) red[tok * kGemvWarps + warp] = s;
+    if (lane == 0) scale[tok] = 1.0f / sqrtf(s / float(p.cols) + p.norm_eps);
   }
-  __syncthreads();
-  float* scale = red + kLutGemvNormMaxTokens * kGemvWarps;
-  if (int(threadIdx.x) < p.n_tokens) {
-    float s = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kGemvWarps; w++) s += red[threadIdx.x * kGemvWarps + w];
-    scale[threadIdx.x] = 1.0f / sqrtf(s / float(p.cols) + p.norm_eps);
-  }
-  __syncthreads();
+  __syncwarp();
   for (int i = threadIdx.x; i < total; i += kGemvThreads) {
     if (i != int(threadIdx.x)) load(i, true);
     const int tok = i / n_groups, q = i - tok * n_groups;

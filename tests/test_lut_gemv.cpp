@@ -486,24 +486,20 @@ TEST(LutGemmFusion, SwigluOutput) {
 }
 
 // The norm fusion's scale, computed as the kernel does (kernels/lut_gemv.cu,
-// gemv_stage_x_norm): thread i of 256 sums partials i, i + 256, ...; a 32-lane xor tree per
-// warp; the 8 warp sums in order; then 1 / sqrt(s / cols + eps), all in fp32.
+// gemv_stage_x_norm, in every warp): lane l of 32 sums partials l, l + 32, ... in order; a
+// 32-lane xor tree; then 1 / sqrt(s / cols + eps), all in fp32.
 float kernel_norm_scale(const float* parts, int n_parts, int cols, float eps) {
-  float total = 0.0f;
-  for (int w = 0; w < 8; w++) {
-    float v[32];
-    for (int l = 0; l < 32; l++) {
-      v[l] = 0.0f;
-      for (int i = 32 * w + l; i < n_parts; i += 256) v[l] += parts[i];
-    }
-    for (int o = 16; o >= 1; o >>= 1) {
-      float nv[32];
-      for (int l = 0; l < 32; l++) nv[l] = v[l] + v[l ^ o];
-      std::copy(nv, nv + 32, v);
-    }
-    total += v[0];
+  float v[32];
+  for (int l = 0; l < 32; l++) {
+    v[l] = 0.0f;
+    for (int i = l; i < n_parts; i += 32) v[l] += parts[i];
   }
-  return 1.0f / std::sqrt(total / float(cols) + eps);
+  for (int o = 16; o >= 1; o >>= 1) {
+    float nv[32];
+    for (int l = 0; l < 32; l++) nv[l] = v[l] + v[l ^ o];
+    std::copy(nv, nv + 32, v);
+  }
+  return 1.0f / std::sqrt(v[0] / float(cols) + eps);
 }
 
 // RMSNorm in front: the same bits as the plain kernel on x = fp16(norm_x * scale * norm_w)
