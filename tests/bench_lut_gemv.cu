@@ -232,17 +232,56 @@ int main(int argc, char** argv) {
   std::vector<int> token_counts, bit_widths = {3, 4};
   std::vector<double> outlier_fracs = {0.0, 0.0045};
   std::string only_shape;
+  // A whole-string number in [lo, hi] (an integer when `integer`), or exit naming the argument
+  // and what was expected.
+  auto number = [](const char* s, const char* what, double lo, double hi, bool integer) {
+    char* end = nullptr;
+    const double v = std::strtod(s, &end);
+    if (end == s || *end != '\0' || !(v >= lo && v <= hi) || (integer && v != std::floor(v))) {
+      std::fprintf(stderr, "bench_lut_gemv: %s '%s': expected %s in [%g, %g]\n", what, s,
+                   integer ? "an integer" : "a number", lo, hi);
+      std::exit(1);
+    }
+    return v;
+  };
   for (int i = 1; i < argc; i++) {
     const std::string a = argv[i];
     if (a == "--shape" && i + 1 < argc) {
       only_shape = argv[++i];
     } else if (a == "--bits" && i + 1 < argc) {
-      bit_widths = {std::atoi(argv[++i])};
+      bit_widths = {int(number(argv[++i], "--bits", 2, 4, true))};
     } else if (a == "--outliers" && i + 1 < argc) {  // percent of weights, e.g. 0.45
-      outlier_fracs = {std::atof(argv[++i]) / 100.0};
+      outlier_fracs = {number(argv[++i], "--outliers (percent)", 0, 100, false) / 100.0};
     } else {
-      token_counts.push_back(std::atoi(argv[i]));
+      token_counts.push_back(int(number(argv[i], "token count", 1, 4096, true)));
     }
+  }
+  std::vector<Shape> shapes(std::begin(kShapes), std::end(kShapes));
+  // ROWSxCOLS: both decimal, cols within the GPU kernels' limit, at most 2^30 weights.
+  const size_t x_at = only_shape.find('x');
+  char* rows_end = nullptr;
+  char* cols_end = nullptr;
+  const long long custom_rows =
+      x_at == std::string::npos ? 0 : std::strtoll(only_shape.c_str(), &rows_end, 10);
+  const long long custom_cols =
+      x_at == std::string::npos ? 0 : std::strtoll(only_shape.c_str() + x_at + 1, &cols_end, 10);
+  if (x_at != std::string::npos && x_at > 0 && rows_end == only_shape.c_str() + x_at &&
+      cols_end != only_shape.c_str() + x_at + 1 && *cols_end == '\0') {
+    if (custom_rows <= 0 || custom_cols <= 0 || custom_cols > kLutGpuMaxCols ||
+        custom_rows * custom_cols > (1ll << 30)) {
+      std::fprintf(stderr,
+                   "bench_lut_gemv: --shape %s: expected rows >= 1, 1 <= cols <= %d and at most "
+                   "2^30 weights\n",
+                   only_shape.c_str(), kLutGpuMaxCols);
+      return 1;
+    }
+    shapes = {{only_shape.c_str(), int(custom_rows), int(custom_cols)}};
+  } else if (!only_shape.empty() &&
+             std::none_of(shapes.begin(), shapes.end(),
+                          [&](const Shape& s) { return only_shape == s.name; })) {
+    std::fprintf(stderr, "bench_lut_gemv: unknown --shape %s (a LLaMA-7B name or ROWSxCOLS)\n",
+                 only_shape.c_str());
+    return 1;
   }
   if (token_counts.empty()) token_counts = {1, 8, 16, 512};
   int n_dev = 0;
@@ -268,23 +307,6 @@ int main(int argc, char** argv) {
   std::printf("%-14s %5s %5s %4s %5s %6s %9s %8s %7s %5s %8s %8s %9s %8s %7s %8s\n", "shape", "rows", "cols",
               "bits", "outl%", "tokens", "time_us", "MB", "GB/s", "%bw", "floor_us", "TFLOP/s",
               "cuBLAS_us", "cuBLAS_TF", "deq_us", "deq+BLAS");
-  std::vector<Shape> shapes(std::begin(kShapes), std::end(kShapes));
-  int custom_rows = 0, custom_cols = 0;
-  char custom_end = 0;
-  if (std::sscanf(only_shape.c_str(), "%dx%d%c", &custom_rows, &custom_cols, &custom_end) == 2) {
-    if (custom_rows <= 0 || custom_cols <= 0) {
-      std::fprintf(stderr, "bench_lut_gemv: --shape %s: rows and cols must be positive\n",
-                   only_shape.c_str());
-      return 1;
-    }
-    shapes = {{only_shape.c_str(), custom_rows, custom_cols}};
-  } else if (!only_shape.empty() &&
-             std::none_of(shapes.begin(), shapes.end(),
-                          [&](const Shape& s) { return only_shape == s.name; })) {
-    std::fprintf(stderr, "bench_lut_gemv: unknown --shape %s (a LLaMA-7B name or ROWSxCOLS)\n",
-                 only_shape.c_str());
-    return 1;
-  }
   for (const Shape& shape : shapes) {
     if (!only_shape.empty() && only_shape != shape.name) continue;
     for (int bits : bit_widths)
