@@ -57,6 +57,7 @@
 #include "kernels/embedding.h"
 #include "kernels/lut_dequant.h"
 #include "kernels/lut_gemv.h"
+#include "kernels/packed_layout.h"
 #include "kernels/parallel.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
@@ -359,7 +360,7 @@ class CudaBackend : public Backend {
         if (!p.borrowed) p.w = a.take<uint16_t>(size_t(p.rows) * L.cols);
         continue;
       }
-      p.pm.indices = a.take<uint8_t>(size_t(p.rows) * p.pm.row_bytes);
+      p.pm.indices = a.take<uint8_t>(size_t(gpu_tiled_bytes(p.rows, p.pm.row_bytes)));
       p.pm.lut = a.take<uint16_t>(size_t(p.rows) << p.pm.bits);
       p.pm.row_ptr = a.take<int32_t>(size_t(p.rows) + 1);
       p.pm.outliers = a.take<uint32_t>(size_t(p.pm.nnz));  // col | value << 16
@@ -447,7 +448,8 @@ class CudaBackend : public Backend {
       }
       // Packed: index rows, LUT rows and each row's outliers gathered in stored order
       // (sources concatenated, or interleaved), row pointers rebuilt, the outliers packed to
-      // one word each (pack_outliers).
+      // one word each (pack_outliers), the indices put in the GPU's tiled layout
+      // (to_gpu_tiled, kernels/packed_layout.h).
       const size_t rb = size_t(p.pm.row_bytes), n_lut = size_t(1) << p.pm.bits;
       std::vector<uint8_t> idx(size_t(p.rows) * rb);
       std::vector<uint16_t> lut(size_t(p.rows) * n_lut), val(size_t(p.pm.nnz));
@@ -473,7 +475,9 @@ class CudaBackend : public Backend {
         if (bytes)
           CUDA_CHECK(cudaMemcpy(const_cast<void*>(dst), src, bytes, cudaMemcpyHostToDevice));
       };
-      up(p.pm.indices, idx.data(), idx.size());
+      std::vector<uint8_t> tiled(size_t(gpu_tiled_bytes(p.rows, p.pm.row_bytes)));
+      to_gpu_tiled(idx.data(), p.rows, p.pm.row_bytes, p.pm.bits, tiled.data());
+      up(p.pm.indices, tiled.data(), tiled.size());
       up(p.pm.lut, lut.data(), lut.size() * 2);
       up(p.pm.row_ptr, row_ptr.data(), row_ptr.size() * 4);
       std::vector<uint32_t> words(static_cast<size_t>(nnz));

@@ -36,7 +36,11 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ uint16_t lut[1 << BITS];
   const int row = blockIdx.x;
   if (threadIdx.x < (1 << BITS)) lut[threadIdx.x] = w.lut[(int64_t(row) << BITS) + threadIdx.x];
-  const uint8_t* packed = w.indices + int64_t(row) * w.row_bytes;
+  // Byte `off` of unit u of this row in the GPU's tiled layout (kernels/packed_layout.h; a
+  // 4-byte lane never straddles the layout's two parts).
+  auto at = [&](int u, int off) {
+    return w.indices + gpu_tiled_offset(w.row_bytes, BITS, row, u, off);
+  };
   uint16_t* o = out + int64_t(row) * w.cols;
   // 16-byte stores need the row start 16-byte aligned: out aligned and cols % 8 == 0.
   const bool vec = (reinterpret_cast<uintptr_t>(out) % 16 == 0) && (w.cols % 8 == 0);
@@ -46,30 +50,29 @@ __global__ void __launch_bounds__(kThreads)
 
   const int n_groups = (w.cols + 15) / 16;
   for (int g = threadIdx.x; g < n_groups; g += kThreads) {
-    const uint8_t* unit = packed + (g / 8) * 16 * BITS;
-    const int within = g % 8;  // 16-column group inside the unit
+    const int u = g / 8, within = g % 8;  // unit, 16-column group inside the unit
     uint32_t h[8];             // 16 fp16 values, two per register, column order
     if (BITS == 4) {
       // columns 16 within .. +15: word within / 2, lanes 2 (within % 2) and +1, 8 nibbles each
-      const uint8_t* lane = unit + (within / 2) * 16 + (within % 2) * 8;
+      const int lane = (within / 2) * 16 + (within % 2) * 8;
       for (int l = 0; l < 2; l++) {
-        uint32_t v = lane_u32(lane + 4 * l);
+        uint32_t v = lane_u32(at(u, lane + 4 * l));
 #pragma unroll
         for (int k = 0; k < 4; k++, v >>= 8)
           h[4 * l + k] = lut[v & 15] | uint32_t(lut[(v >> 4) & 15]) << 16;
       }
     } else if (BITS == 2) {
       // word within / 4, lane within % 4: 16 columns, 2 bits each
-      uint32_t v = lane_u32(unit + (within / 4) * 16 + (within % 4) * 4);
+      uint32_t v = lane_u32(at(u, (within / 4) * 16 + (within % 4) * 4));
 #pragma unroll
       for (int k = 0; k < 8; k++, v >>= 4) h[k] = lut[v & 3] | uint32_t(lut[(v >> 2) & 3]) << 16;
     } else {
       // quarter within / 2, half within % 2: the first half's even and odd columns are lanes
       // A and B; the second half's even columns lane C, its odd ones the msbs of A, B, C
       const int q = within / 2;
-      const uint32_t a = lane_u32(unit + packed3_lane_offset(q, 0)),
-                     b = lane_u32(unit + packed3_lane_offset(q, 1)),
-                     c = lane_u32(unit + packed3_lane_offset(q, 2));
+      const uint32_t a = lane_u32(at(u, packed3_lane_offset(q, 0))),
+                     b = lane_u32(at(u, packed3_lane_offset(q, 1))),
+                     c = lane_u32(at(u, packed3_lane_offset(q, 2)));
       uint32_t ev = within % 2 ? c : a;
       uint32_t od = within % 2 ? packed3_odd_high(a, b, c) : b;
 #pragma unroll

@@ -128,17 +128,18 @@ __device__ __forceinline__ LutPlanes<BITS> load_lut(const uint16_t* lut, int row
   return l;
 }
 
-// Quarter q of a unit (see the top of the file for which bytes).
+// Quarter q of a row's unit in the GPU's tiled layout (kernels/packed_layout.h): part1 and
+// part2 are the row's parts of the unit (see the top of the file for which bytes).
 template <int BITS>
-__device__ __forceinline__ void load_quarter(const uint8_t* unit, int q,
+__device__ __forceinline__ void load_quarter(const uint8_t* part1, const uint8_t* part2, int q,
                                              uint32_t (&w)[kQuarterWords<BITS>]) {
   if constexpr (BITS == 4) {
-    const uint4 v = ldg_u4(unit + 16 * q);
+    const uint4 v = ldg_u4(part1 + 16 * q);
     w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
   } else {
-    const uint2 v = ldg_u2(unit + 8 * q);
+    const uint2 v = ldg_u2(part1 + 8 * q);
     w[0] = v.x, w[1] = v.y;
-    if constexpr (BITS == 3) w[2] = ldg_u1(unit + 32 + 4 * q);
+    if constexpr (BITS == 3) w[2] = ldg_u1(part2 + 4 * q);
   }
 }
 
@@ -585,64 +586,60 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
 
   // The warp's items, in order: tile k, items warp, warp + 8, ... Each lane copies its own
   // index words (rows g, g + 8, quarter t) of the next items into the warp's ring with
-  // cp.async and reads them back itself. Rows past the end are clamped (their sums are
-  // discarded); units past the end are zero-filled (index 0, against x = 0).
+  // cp.async and reads them back itself. The indices are in the GPU's tiled layout
+  // (kernels/packed_layout.h): a unit's quarters of the tile's 16 rows lie in the order of the
+  // ring, so each copy instruction of the warp reads 256 or 512 contiguous bytes. Rows past
+  // the end are the layout's zero padding (their sums are discarded); units past the end are
+  // zero-filled (index 0, against x = 0).
   const int n_mine = warp < p.n_items ? (p.n_items - warp + kGemvWarps - 1) / kGemvWarps : 0;
   uint8_t* ring =
       smem + p.xs_bytes + sizeof(GemvShared<NTILE>) + warp * kStages<NTILE> * kStageBytes<BITS, G>;
-  // Fetch cursor: the next item to copy, its tile's two row pointers (at this lane's quarter).
+  constexpr int kQ = BITS == 4 ? 16 : 8;               // part-1 bytes of a quarter
+  constexpr int kBlock = kTileRows * kUnitBytes;       // a unit of the tile's 16 rows
+  constexpr int kPart2 = kTileRows * 2 * 16;           // 3 bits: part 1 of a unit's block
+  // Fetch cursor: the next item to copy, and this lane's quarter in its tile's first unit.
   int f_left = n_mine * my_tiles, f_item = warp, f_tile = blockIdx.x;
-  const uint8_t* f_row[2];
+  const uint8_t* f_base;
   auto f_rows = [&]() {
-#pragma unroll
-    for (int hr = 0; hr < 2; hr++)
-      f_row[hr] = p.indices + min(f_tile * kTileRows + g + 8 * hr, p.rows - 1) * p.row_bytes +
-                  (BITS == 4 ? 16 : 8) * t;
+    f_base = p.indices + int64_t(f_tile) * kTileRows * p.row_bytes + lane * kQ;
   };
   f_rows();
   auto fetch = [&](int stage) {
     if (f_left <= 0) return;
-    uint8_t* dst = ring + stage * kStageBytes<BITS, G> + lane * (BITS == 4 ? 16 : 8);
+    uint8_t* dst = ring + stage * kStageBytes<BITS, G> + lane * kQ;
+    uint8_t* dst2 = ring + stage * kStageBytes<BITS, G> + G * 2 * 32 * 8 + lane * 4;  // 3 bits
     const int valid = p.n_units - f_item * G;  // units of this item inside the row
-    const int64_t off = int64_t(f_item) * G * kUnitBytes;
-    // The usual case (every unit inside the row): no zero-fill, one base address per row. Not
-    // for the 4-bit NTILE 2 kernel: at its 128-register cap the path makes it spill (8 -> 24
-    // bytes).
+    const uint8_t* src = f_base + int64_t(f_item) * G * kBlock;
+    const uint8_t* src2 = src - lane * kQ + kPart2 + lane * 4;  // 3 bits: part 2
+    // The usual case (every unit inside the row): no zero-fill, one base address. Not for
+    // the 4-bit NTILE 2 kernel: at its 128-register cap the path makes it spill.
     if ((BITS != 4 || NTILE == 1) && valid >= G) {
 #pragma unroll
-      for (int hr = 0; hr < 2; hr++) {
-        const uint8_t* src = f_row[hr] + off;
+      for (int u = 0; u < G; u++)
 #pragma unroll
-        for (int u = 0; u < G; u++) {
+        for (int hr = 0; hr < 2; hr++) {
           const int slot = (u * 2 + hr) * 32;
-          if constexpr (BITS == 4) {
-            cp_async_full<16>(dst + slot * 16, src + u * kUnitBytes);
-          } else {
-            cp_async_full<8>(dst + slot * 8, src + u * kUnitBytes);
-            if constexpr (BITS == 3)
-              cp_async_full<4>(dst - lane * 4 + G * 2 * 32 * 8 + slot * 4,
-                               src + u * kUnitBytes + 32 - 4 * t);
-          }
+          cp_async_full<kQ>(dst + slot * kQ, src + u * kBlock + hr * 32 * kQ);
+          if constexpr (BITS == 3)
+            cp_async_full<4>(dst2 + slot * 4, src2 + u * kBlock + hr * 32 * 4);
         }
-      }
     } else {
 #pragma unroll
-      for (int hr = 0; hr < 2; hr++) {
-        const uint8_t* src = f_row[hr] + off;
+      for (int u = 0; u < G; u++)
 #pragma unroll
-        for (int u = 0; u < G; u++) {
+        for (int hr = 0; hr < 2; hr++) {
           const bool ok = u < valid;
-          const uint8_t* su = ok ? src + u * kUnitBytes : f_row[hr];
           const int slot = (u * 2 + hr) * 32;
+          const uint8_t* su = ok ? src + u * kBlock + hr * 32 * kQ : f_base;
           if constexpr (BITS == 4) {
             cp_async_16(dst + slot * 16, su, ok ? 16 : 0);
           } else {
             cp_async_8z(dst + slot * 8, su, ok ? 8 : 0);
             if constexpr (BITS == 3)
-              cp_async_4z(dst - lane * 4 + G * 2 * 32 * 8 + slot * 4, su + 32 - 4 * t, ok ? 4 : 0);
+              cp_async_4z(dst2 + slot * 4, ok ? src2 + u * kBlock + hr * 32 * 4 : f_base,
+                          ok ? 4 : 0);
           }
         }
-      }
     }
     f_left--;
     f_item += kGemvWarps;
@@ -923,12 +920,16 @@ __global__ void __launch_bounds__(kGemmThreads, 1) lut_gemm_kernel(const GemmPar
   const int d_row = tid / (4 / QPT), d_q0 = (tid % (4 / QPT)) * QPT;
   const int d_r = min(row0 + d_row, p.rows - 1);
   const LutPlanes<BITS> lut = load_lut<BITS>(p.lut, d_r);
-  const uint8_t* d_src = p.indices + d_r * p.row_bytes;
+  // The row's parts of unit 0 in the tiled layout; unit u's are kTileRows * kUnitBytes further.
+  const uint8_t* d_p1 = p.indices + gpu_tiled_offset(p.row_bytes, BITS, d_r, 0, 0);
+  const uint8_t* d_p2 = p.indices + gpu_tiled_offset(p.row_bytes, BITS, d_r, 0, 32);
   // Index words two steps ahead: raw_a / raw_b alternate (the step loop is unrolled by 2).
   uint32_t raw_a[QPT][QW], raw_b[QPT][QW];
   auto load_raw = [&](int unit, uint32_t(&raw)[QPT][QW]) {
 #pragma unroll
-    for (int q = 0; q < QPT; q++) load_quarter<BITS>(d_src + unit * kUnitBytes, d_q0 + q, raw[q]);
+    for (int q = 0; q < QPT; q++)
+      load_quarter<BITS>(d_p1 + unit * kTileRows * kUnitBytes,
+                         d_p2 + unit * kTileRows * kUnitBytes, d_q0 + q, raw[q]);
   };
   auto decode_store = [&](int buf, int q, const uint32_t(&raw)[QPT][QW]) {
     uint32_t pr[16];

@@ -9,7 +9,10 @@ class ThreadPool;
 
 struct PackedMatrix {
   int rows = 0, cols = 0, bits = 0;
-  const uint8_t* indices = nullptr;  // [rows, row_bytes]
+  // [rows, row_bytes] on the CPU; on the device (lut_gemm_cuda, lut_dequant_cuda) the tiled
+  // layout of kernels/packed_layout.h instead, gpu_tiled_bytes(rows, row_bytes) bytes
+  // (to_gpu_tiled builds it).
+  const uint8_t* indices = nullptr;
   int64_t row_bytes = 0;
   const uint16_t* lut = nullptr;     // [rows, 2^bits] fp16
   const int32_t* row_ptr = nullptr;  // [rows + 1]
@@ -40,9 +43,9 @@ void lut_gemm(const PackedMatrix& w, const float* x, int n_tokens, float* y, Thr
 namespace sqz {
 
 // CUDA: y[t, r] = sum_c W[r, c] * x[t, c] for t < n_tokens, every pointer of `w` on the
-// device (the outliers as `outliers`; col_idx and values are not read). x is fp16
-// [n_tokens, cols] (__half bits), y fp32 [n_tokens, rows]; fp32 accumulate; CSR outliers
-// applied in the same kernel. Picks the kernel by n_tokens: a GEMV for 1, a batched kernel
+// device (the indices tiled, the outliers as `outliers`; col_idx and values are not read).
+// x is fp16 [n_tokens, cols] (__half bits), y fp32 [n_tokens, rows]; fp32 accumulate; CSR
+// outliers applied in the same kernel. Picks the kernel by n_tokens: a GEMV for 1, a batched kernel
 // that decodes each weight once for 2..16 (17..32: in pieces of up to 16, or 8 when x does
 // not fit its shared memory, one launch each), and a tiled tensor-core kernel for more. Any
 // rows/cols (no multiple-of-128 rule).

@@ -120,4 +120,54 @@ inline void pack_indices(const uint8_t* idx, int rows, int cols, int bits, uint8
   }
 }
 
+// The GPU's copy of the indices is "tiled" (the file and the CPU keep the row layout above):
+// rows in tiles of 16 (the last tile padded with zero rows), and within a tile unit-major:
+// unit u of the tile's 16 rows is one block of 16 * 16 * bits bytes at
+// tile * 16 * row_bytes + u * 16 * 16 * bits, holding
+//   part 1: the first P1 bytes of each row's unit, rows in order (P1 = 32 for 3 bits: lanes A
+//           and B of the four quarters; the whole unit, 16 * bits, for 4 and 2 bits),
+//   part 2: (3 bits) the last 16 bytes (the C lanes) of each row's unit, rows in order.
+// Quarter t of row (8 h + g) of a tile is then at (32 h + 4 g + t) * Q in part 1 (Q = 16
+// bytes for 4 bits, 8 otherwise) and at (32 h + 4 g + t) * 4 in part 2: the GEMV's lane
+// (g, t) copies its quarters of rows g and g + 8 with one 256 or 512-byte contiguous read
+// per warp (kernels/lut_gemv.cu; row-layout copies, 8 rows apart, measured 5% slower at one
+// token on the H100). Built by to_gpu_tiled when the weights are uploaded.
+constexpr int kGpuTileRows = 16;
+
+// Bytes of the tiled copy of a [rows, row_bytes] matrix (whole tiles).
+inline int64_t gpu_tiled_bytes(int rows, int64_t row_bytes) {
+  return int64_t((rows + kGpuTileRows - 1) / kGpuTileRows) * kGpuTileRows * row_bytes;
+}
+
+// Bytes of part 1 of a row's unit in the tiled layout.
+SQZ_LAYOUT_HD int gpu_tiled_part1(int bits) { return bits == 3 ? 32 : 16 * bits; }
+
+// Offset in the tiled copy of byte b (0 .. 16 * bits - 1) of unit `unit` of row `row`.
+SQZ_LAYOUT_HD int64_t gpu_tiled_offset(int64_t row_bytes, int bits, int row, int unit, int b) {
+  const int p1 = gpu_tiled_part1(bits), unit_bytes = 16 * bits, rl = row % kGpuTileRows;
+  const int64_t block = int64_t(row / kGpuTileRows) * kGpuTileRows * row_bytes +
+                        int64_t(unit) * kGpuTileRows * unit_bytes;
+  return b < p1 ? block + rl * p1 + b
+                : block + kGpuTileRows * p1 + rl * (unit_bytes - p1) + (b - p1);
+}
+
+// Row-layout indices [rows, row_bytes] -> the tiled copy (gpu_tiled_bytes(rows, row_bytes)
+// bytes, the padding rows zero).
+inline void to_gpu_tiled(const uint8_t* src, int rows, int64_t row_bytes, int bits,
+                         uint8_t* dst) {
+  // The last, partial tile is zeroed first: its padding rows lie between its real ones.
+  const int64_t full = int64_t(rows / kGpuTileRows) * kGpuTileRows * row_bytes;
+  std::memset(dst + full, 0, size_t(gpu_tiled_bytes(rows, row_bytes) - full));
+  const int unit_bytes = 16 * bits, p1 = gpu_tiled_part1(bits);
+  const int n_units = int(row_bytes / unit_bytes);
+  for (int r = 0; r < rows; r++)
+    for (int u = 0; u < n_units; u++) {
+      const uint8_t* s = src + int64_t(r) * row_bytes + int64_t(u) * unit_bytes;
+      std::memcpy(dst + gpu_tiled_offset(row_bytes, bits, r, u, 0), s, size_t(p1));
+      if (unit_bytes > p1)
+        std::memcpy(dst + gpu_tiled_offset(row_bytes, bits, r, u, p1), s + p1,
+                    size_t(unit_bytes - p1));
+    }
+}
+
 }  // namespace sqz

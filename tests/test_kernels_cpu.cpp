@@ -5,6 +5,7 @@
 #include <cmath>
 #include <random>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "kernels/half.h"
@@ -103,6 +104,54 @@ TEST(PackedLayout, BitOrderMatchesThePicture) {
   EXPECT_EQ(packed_lane(p.data(), 1, 3), 1u << 23);
   EXPECT_EQ(packed_lane(p.data(), 2, 3), 1u << 23);
   EXPECT_EQ(packed_lane(p.data(), 0, 0) | packed_lane(p.data(), 2, 2), 0u);
+}
+
+// The GPU's tiled copy: every byte of every row's unit where gpu_tiled_offset says, each
+// place used once, the padding rows zero; and quarter t of tile row 8 h + g at (32 h + 4 g +
+// t) * Q of its unit's block (part 2 for 3 bits: * 4 after 16 rows * 32 bytes), the order in
+// which the GEMV's lane (g, t) copies it.
+TEST(PackedLayout, GpuTiledCopy) {
+  std::mt19937 rng(11);
+  for (int bits : {2, 3, 4})
+    for (int rows : {1, 15, 16, 17, 40})
+      for (int cols : {100, 300}) {
+        SCOPED_TRACE("bits " + std::to_string(bits) + " rows " + std::to_string(rows) +
+                     " cols " + std::to_string(cols));
+        const int64_t rb = packed_row_bytes(cols, bits);
+        std::vector<uint8_t> src(size_t(rows * rb));
+        for (auto& v : src) v = uint8_t(1 + rng() % 255);  // no zero byte
+        const int64_t n = gpu_tiled_bytes(rows, rb);
+        ASSERT_EQ(n, (rows + 15) / 16 * 16 * rb);
+        std::vector<uint8_t> dst(size_t(n), 0xEE);
+        to_gpu_tiled(src.data(), rows, rb, bits, dst.data());
+        std::vector<int> used(size_t(n), 0);
+        const int ub = 16 * bits, n_units = int(rb / ub);
+        for (int r = 0; r < rows; r++)
+          for (int u = 0; u < n_units; u++)
+            for (int b = 0; b < ub; b++) {
+              const int64_t o = gpu_tiled_offset(rb, bits, r, u, b);
+              ASSERT_TRUE(o >= 0 && o < n);
+              EXPECT_EQ(dst[o], src[r * rb + u * ub + b]);
+              used[o]++;
+            }
+        int64_t zeros = 0;
+        for (int64_t o = 0; o < n; o++) {
+          ASSERT_LE(used[o], 1);
+          if (!used[o]) zeros += dst[o] == 0;
+        }
+        EXPECT_EQ(zeros, n - int64_t(rows) * rb);  // every unused byte is zero padding
+        const int q = bits == 4 ? 16 : 8;
+        for (int r = 0; r < std::min(rows, 16); r++)
+          for (int t = 0; t < 4; t++) {
+            const int h = r / 8, g = r % 8, u = n_units - 1;
+            const int64_t block = gpu_tiled_offset(rb, bits, 0, u, 0);
+            EXPECT_EQ(gpu_tiled_offset(rb, bits, r, u, q * t), block + (32 * h + 4 * g + t) * q);
+            if (bits == 3) {
+              EXPECT_EQ(gpu_tiled_offset(rb, bits, r, u, 32 + 4 * t),
+                        block + 16 * 32 + (32 * h + 4 * g + t) * 4);
+            }
+          }
+      }
 }
 
 // A random packed matrix with `per_row(r)` outliers in row r.
