@@ -24,6 +24,7 @@
 //   2 bits: words 0..1; word q (0..1), lane j = [c+15] ... [c+1][c+0] 2 bits each,
 //           c = 64q + 16j.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -151,23 +152,31 @@ SQZ_LAYOUT_HD int64_t gpu_tiled_offset(int64_t row_bytes, int bits, int row, int
                 : block + kGpuTileRows * p1 + rl * (unit_bytes - p1) + (b - p1);
 }
 
-// Row-layout indices [rows, row_bytes] -> the tiled copy (gpu_tiled_bytes(rows, row_bytes)
-// bytes, the padding rows zero).
-inline void to_gpu_tiled(const uint8_t* src, int rows, int64_t row_bytes, int bits,
-                         uint8_t* dst) {
-  // The last, partial tile is zeroed first: its padding rows lie between its real ones.
-  const int64_t full = int64_t(rows / kGpuTileRows) * kGpuTileRows * row_bytes;
-  std::memset(dst + full, 0, size_t(gpu_tiled_bytes(rows, row_bytes) - full));
+// Row-layout indices [rows, row_bytes] -> tiles [tile0, tile1) of the tiled copy
+// (gpu_tiled_bytes(rows, row_bytes) bytes in all, the padding rows zero). Disjoint tile
+// ranges may be filled in parallel.
+inline void to_gpu_tiled(const uint8_t* src, int rows, int64_t row_bytes, int bits, uint8_t* dst,
+                         int tile0, int tile1) {
   const int unit_bytes = 16 * bits, p1 = gpu_tiled_part1(bits);
   const int n_units = int(row_bytes / unit_bytes);
-  for (int r = 0; r < rows; r++)
-    for (int u = 0; u < n_units; u++) {
-      const uint8_t* s = src + int64_t(r) * row_bytes + int64_t(u) * unit_bytes;
-      std::memcpy(dst + gpu_tiled_offset(row_bytes, bits, r, u, 0), s, size_t(p1));
-      if (unit_bytes > p1)
-        std::memcpy(dst + gpu_tiled_offset(row_bytes, bits, r, u, p1), s + p1,
-                    size_t(unit_bytes - p1));
-    }
+  for (int tile = tile0; tile < tile1; tile++) {
+    const int r0 = tile * kGpuTileRows, r1 = std::min(rows, r0 + kGpuTileRows);
+    // A partial last tile is zeroed first: its padding rows lie between its real ones.
+    if (r1 - r0 < kGpuTileRows)
+      std::memset(dst + int64_t(r0) * row_bytes, 0, size_t(kGpuTileRows * row_bytes));
+    for (int r = r0; r < r1; r++)
+      for (int u = 0; u < n_units; u++) {
+        const uint8_t* s = src + int64_t(r) * row_bytes + int64_t(u) * unit_bytes;
+        std::memcpy(dst + gpu_tiled_offset(row_bytes, bits, r, u, 0), s, size_t(p1));
+        if (unit_bytes > p1)
+          std::memcpy(dst + gpu_tiled_offset(row_bytes, bits, r, u, p1), s + p1,
+                      size_t(unit_bytes - p1));
+      }
+  }
+}
+inline void to_gpu_tiled(const uint8_t* src, int rows, int64_t row_bytes, int bits,
+                         uint8_t* dst) {
+  to_gpu_tiled(src, rows, row_bytes, bits, dst, 0, (rows + kGpuTileRows - 1) / kGpuTileRows);
 }
 
 }  // namespace sqz
