@@ -600,10 +600,10 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
   // Fetch cursor: the next item to copy, and this lane's quarter in its tile's first unit.
   int f_left = n_mine * my_tiles, f_item = warp, f_tile = blockIdx.x;
   const uint8_t* f_base;
-  auto f_rows = [&]() {
+  auto f_set_base = [&]() {
     f_base = p.indices + int64_t(f_tile) * kTileRows * p.row_bytes + lane * kQ;
   };
-  f_rows();
+  f_set_base();
   auto fetch = [&](int stage) {
     if (f_left <= 0) return;
     uint8_t* dst = ring + stage * kStageBytes<BITS, G> + lane * kQ;
@@ -645,7 +645,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
     f_item += kGemvWarps;
     if (f_item >= p.n_items) {
       f_item = warp, f_tile += gridDim.x;
-      f_rows();
+      f_set_base();
     }
   };
   auto read_quarter = [&](int stage, int u, int hr, uint32_t(&w)[QW]) {
