@@ -270,7 +270,7 @@ int main(int argc, char** argv) {
   if (x_at != std::string::npos && x_at > 0 && rows_end == only_shape.c_str() + x_at &&
       cols_end != only_shape.c_str() + x_at + 1 && *cols_end == '\0') {
     if (custom_rows <= 0 || custom_cols <= 0 || custom_cols > kLutGpuMaxCols ||
-        custom_rows * custom_cols > (1ll << 30)) {
+        custom_rows > (1ll << 30) / custom_cols) {
       std::fprintf(stderr,
                    "bench_lut_gemv: --shape %s: expected rows >= 1, 1 <= cols <= %d and at most "
                    "2^30 weights\n",
