@@ -476,7 +476,7 @@ class CudaBackend : public Backend {
           CUDA_CHECK(cudaMemcpy(const_cast<void*>(dst), src, bytes, cudaMemcpyHostToDevice));
       };
       std::vector<uint8_t> tiled(size_t(gpu_tiled_bytes(p.rows, p.pm.row_bytes)));
-      pool.parallel_for((p.rows + kGpuTileRows - 1) / kGpuTileRows, [&](int64_t b, int64_t e) {
+      pool.parallel_for(gpu_tile_count(p.rows), [&](int64_t b, int64_t e) {
         to_gpu_tiled(idx.data(), p.rows, p.pm.row_bytes, p.pm.bits, tiled.data(), int(b), int(e));
       });
       up(p.pm.indices, tiled.data(), tiled.size());

@@ -244,7 +244,7 @@ SQZ_HD void to_natural_order(uint32_t (&p)[16]) {
 
 constexpr int kGemvWarps = 8;
 constexpr int kGemvThreads = 32 * kGemvWarps;
-constexpr int kTileRows = 16;
+constexpr int kTileRows = kGpuTileRows;  // the tiles of the GPU's index layout
 constexpr int kMaxGemvTokens = kLutGemvMaxTokens;
 // Tokens per launch: NTILE 1 takes up to kGemvChunkTokens, NTILE 2 up to kMaxNtile2Tokens;
 // more tokens (up to kMaxGemvTokens) run in pieces, one launch each (launch_bits).
@@ -596,7 +596,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
       smem + p.xs_bytes + sizeof(GemvShared<NTILE>) + warp * kStages<NTILE> * kStageBytes<BITS, G>;
   constexpr int kQ = BITS == 4 ? 16 : 8;               // part-1 bytes of a quarter
   constexpr int kBlock = kTileRows * kUnitBytes;       // a unit of the tile's 16 rows
-  constexpr int kPart2 = kTileRows * 2 * 16;           // 3 bits: part 1 of a unit's block
+  constexpr int kPart2 = kTileRows * gpu_tiled_part1(BITS);  // 3 bits: where part 2 starts
   // Fetch cursor: the next item to copy, and this lane's quarter in its tile's first unit.
   int f_left = n_mine * my_tiles, f_item = warp, f_tile = blockIdx.x;
   const uint8_t* f_base;
@@ -922,7 +922,8 @@ __global__ void __launch_bounds__(kGemmThreads, 1) lut_gemm_kernel(const GemmPar
   const LutPlanes<BITS> lut = load_lut<BITS>(p.lut, d_r);
   // The row's parts of unit 0 in the tiled layout; unit u's are kTileRows * kUnitBytes further.
   const uint8_t* d_p1 = p.indices + gpu_tiled_offset(p.row_bytes, BITS, d_r, 0, 0);
-  const uint8_t* d_p2 = p.indices + gpu_tiled_offset(p.row_bytes, BITS, d_r, 0, 32);
+  const uint8_t* d_p2 =
+      p.indices + gpu_tiled_offset(p.row_bytes, BITS, d_r, 0, packed3_lane_offset(0, 2));
   // Index words two steps ahead: raw_a / raw_b alternate (the step loop is unrolled by 2).
   uint32_t raw_a[QPT][QW], raw_b[QPT][QW];
   auto load_raw = [&](int unit, uint32_t(&raw)[QPT][QW]) {

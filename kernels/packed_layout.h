@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace sqz {
 
@@ -135,13 +136,14 @@ inline void pack_indices(const uint8_t* idx, int rows, int cols, int bits, uint8
 // token on the H100). Built by to_gpu_tiled when the weights are uploaded.
 constexpr int kGpuTileRows = 16;
 
-// Bytes of the tiled copy of a [rows, row_bytes] matrix (whole tiles).
+// Tiles of a matrix of `rows` rows, and bytes of its tiled copy (whole tiles).
+inline int gpu_tile_count(int rows) { return (rows + kGpuTileRows - 1) / kGpuTileRows; }
 inline int64_t gpu_tiled_bytes(int rows, int64_t row_bytes) {
-  return int64_t((rows + kGpuTileRows - 1) / kGpuTileRows) * kGpuTileRows * row_bytes;
+  return int64_t(gpu_tile_count(rows)) * kGpuTileRows * row_bytes;
 }
 
 // Bytes of part 1 of a row's unit in the tiled layout.
-SQZ_LAYOUT_HD int gpu_tiled_part1(int bits) { return bits == 3 ? 32 : 16 * bits; }
+SQZ_LAYOUT_HD constexpr int gpu_tiled_part1(int bits) { return bits == 3 ? 32 : 16 * bits; }
 
 // Offset in the tiled copy of byte b (0 .. 16 * bits - 1) of unit `unit` of row `row`.
 SQZ_LAYOUT_HD int64_t gpu_tiled_offset(int64_t row_bytes, int bits, int row, int unit, int b) {
@@ -176,7 +178,13 @@ inline void to_gpu_tiled(const uint8_t* src, int rows, int64_t row_bytes, int bi
 }
 inline void to_gpu_tiled(const uint8_t* src, int rows, int64_t row_bytes, int bits,
                          uint8_t* dst) {
-  to_gpu_tiled(src, rows, row_bytes, bits, dst, 0, (rows + kGpuTileRows - 1) / kGpuTileRows);
+  to_gpu_tiled(src, rows, row_bytes, bits, dst, 0, gpu_tile_count(rows));
+}
+inline std::vector<uint8_t> to_gpu_tiled(const uint8_t* src, int rows, int64_t row_bytes,
+                                         int bits) {
+  std::vector<uint8_t> dst(size_t(gpu_tiled_bytes(rows, row_bytes)));
+  to_gpu_tiled(src, rows, row_bytes, bits, dst.data());
+  return dst;
 }
 
 }  // namespace sqz

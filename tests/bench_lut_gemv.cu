@@ -119,9 +119,7 @@ struct DeviceMatrix {
       owned.push_back(p);
       return p;
     };
-    std::vector<uint8_t> tiled(size_t(gpu_tiled_bytes(h.rows, m.row_bytes)));
-    to_gpu_tiled(h.indices.data(), h.rows, m.row_bytes, h.bits, tiled.data());
-    m.indices = keep(upload(tiled));
+    m.indices = keep(upload(to_gpu_tiled(h.indices.data(), h.rows, m.row_bytes, h.bits)));
     m.lut = keep(upload(h.lut));
     m.row_ptr = keep(upload(h.row_ptr));
     std::vector<uint32_t> words(h.values.size());

@@ -151,9 +151,7 @@ struct TestMatrix {
     host.row_bytes = packed_row_bytes(cols, bits), host.lut = lut.data();
     host.row_ptr = row_ptr.data(), host.col_idx = col_idx.data(), host.values = values.data();
     host.nnz = int64_t(values.size());
-    std::vector<uint8_t> tiled(size_t(gpu_tiled_bytes(rows, host.row_bytes)));
-    to_gpu_tiled(packed.data(), rows, host.row_bytes, bits, tiled.data());
-    d_packed.upload(tiled);
+    d_packed.upload(to_gpu_tiled(packed.data(), rows, host.row_bytes, bits));
     d_lut.upload(lut);
     d_row_ptr.upload(row_ptr);
     std::vector<uint32_t> words(values.size());
