@@ -36,10 +36,17 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ uint16_t lut[1 << BITS];
   const int row = blockIdx.x;
   if (threadIdx.x < (1 << BITS)) lut[threadIdx.x] = w.lut[(int64_t(row) << BITS) + threadIdx.x];
-  // Byte `off` of unit u of this row in the GPU's tiled layout (kernels/packed_layout.h; a
-  // 4-byte lane never straddles the layout's two parts).
-  auto at = [&](int u, int off) {
-    return w.indices + gpu_tiled_offset(w.row_bytes, BITS, row, u, off);
+  // This row's parts of unit 0 in the GPU's tiled layout (kernels/packed_layout.h); unit u's
+  // are u * kGpuTileRows * 16 * BITS bytes further (computed once, not per load). at(u, off):
+  // byte `off` of unit u in part 1; at_c(u, q): 3 bits, quarter q's C lane in part 2.
+  constexpr int kUnitStride = kGpuTileRows * 16 * BITS;
+  const uint8_t* part1 = w.indices + gpu_tiled_offset(w.row_bytes, BITS, row, 0, 0);
+  const uint8_t* part2 =
+      BITS == 3 ? w.indices + gpu_tiled_offset(w.row_bytes, BITS, row, 0, gpu_tiled_part1(BITS))
+                : part1;
+  auto at = [&](int u, int off) { return part1 + u * kUnitStride + off; };
+  auto at_c = [&](int u, int q) {
+    return part2 + u * kUnitStride + packed3_lane_offset(q, 2) - gpu_tiled_part1(BITS);
   };
   uint16_t* o = out + int64_t(row) * w.cols;
   // 16-byte stores need the row start 16-byte aligned: out aligned and cols % 8 == 0.
@@ -72,7 +79,7 @@ __global__ void __launch_bounds__(kThreads)
       const int q = within / 2;
       const uint32_t a = lane_u32(at(u, packed3_lane_offset(q, 0))),
                      b = lane_u32(at(u, packed3_lane_offset(q, 1))),
-                     c = lane_u32(at(u, packed3_lane_offset(q, 2)));
+                     c = lane_u32(at_c(u, q));
       uint32_t ev = within % 2 ? c : a;
       uint32_t od = within % 2 ? packed3_odd_high(a, b, c) : b;
 #pragma unroll
