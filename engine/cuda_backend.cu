@@ -446,19 +446,17 @@ class CudaBackend : public Backend {
         }
         continue;
       }
-      // Packed: index rows, LUT rows and each row's outliers gathered in stored order
-      // (sources concatenated, or interleaved), row pointers rebuilt, the outliers packed to
-      // one word each (pack_outliers), the indices put in the GPU's tiled layout
-      // (to_gpu_tiled, kernels/packed_layout.h).
+      // Packed: LUT rows and each row's outliers gathered in stored order (sources
+      // concatenated, or interleaved), row pointers rebuilt, the outliers packed to one word
+      // each (pack_outliers); the index rows gathered straight into the GPU's tiled layout
+      // (to_gpu_tiled_rows, kernels/packed_layout.h) over the pool.
       const size_t rb = size_t(p.pm.row_bytes), n_lut = size_t(1) << p.pm.bits;
-      std::vector<uint8_t> idx(size_t(p.rows) * rb);
       std::vector<uint16_t> lut(size_t(p.rows) * n_lut), val(size_t(p.pm.nnz));
       std::vector<int32_t> row_ptr(size_t(p.rows) + 1), col(size_t(p.pm.nnz));
       int64_t nnz = 0;
       for (int d = 0; d < p.rows; d++) {
         const auto [s, r] = L.source_row(p, d);
         const LinearWeight* w = p.src[s];
-        std::memcpy(&idx[d * rb], w->indices + r * rb, rb);
         std::memcpy(&lut[d * n_lut], w->lut + r * n_lut, n_lut * 2);
         int32_t k0, k1;  // the file's arrays may be unaligned
         std::memcpy(&k0, w->row_ptr + r, 4);
@@ -476,8 +474,13 @@ class CudaBackend : public Backend {
           CUDA_CHECK(cudaMemcpy(const_cast<void*>(dst), src, bytes, cudaMemcpyHostToDevice));
       };
       std::vector<uint8_t> tiled(size_t(gpu_tiled_bytes(p.rows, p.pm.row_bytes)));
+      auto index_row = [&](int d) {
+        const auto [s, r] = L.source_row(p, d);
+        return p.src[s]->indices + size_t(r) * rb;
+      };
       pool.parallel_for(gpu_tile_count(p.rows), [&](int64_t b, int64_t e) {
-        to_gpu_tiled(idx.data(), p.rows, p.pm.row_bytes, p.pm.bits, tiled.data(), int(b), int(e));
+        to_gpu_tiled_rows(index_row, p.rows, p.pm.row_bytes, p.pm.bits, tiled.data(), int(b),
+                          int(e));
       });
       up(p.pm.indices, tiled.data(), tiled.size());
       up(p.pm.lut, lut.data(), lut.size() * 2);

@@ -154,11 +154,13 @@ SQZ_LAYOUT_HD int64_t gpu_tiled_offset(int64_t row_bytes, int bits, int row, int
                 : block + kGpuTileRows * p1 + rl * (unit_bytes - p1) + (b - p1);
 }
 
-// Row-layout indices [rows, row_bytes] -> tiles [tile0, tile1) of the tiled copy
-// (gpu_tiled_bytes(rows, row_bytes) bytes in all, the padding rows zero). Disjoint tile
-// ranges may be filled in parallel.
-inline void to_gpu_tiled(const uint8_t* src, int rows, int64_t row_bytes, int bits, uint8_t* dst,
-                         int tile0, int tile1) {
+// Row-layout indices -> tiles [tile0, tile1) of the tiled copy (gpu_tiled_bytes(rows,
+// row_bytes) bytes in all, the padding rows zero). row(r) gives row r's row_bytes bytes, so
+// rows gathered from several sources (fused or interleaved linears) are tiled in one pass.
+// Disjoint tile ranges may be filled in parallel.
+template <typename RowFn>
+void to_gpu_tiled_rows(RowFn&& row, int rows, int64_t row_bytes, int bits, uint8_t* dst,
+                       int tile0, int tile1) {
   const int unit_bytes = 16 * bits, p1 = gpu_tiled_part1(bits);
   const int n_units = int(row_bytes / unit_bytes);
   for (int tile = tile0; tile < tile1; tile++) {
@@ -166,15 +168,23 @@ inline void to_gpu_tiled(const uint8_t* src, int rows, int64_t row_bytes, int bi
     // A partial last tile is zeroed first: its padding rows lie between its real ones.
     if (r1 - r0 < kGpuTileRows)
       std::memset(dst + int64_t(r0) * row_bytes, 0, size_t(kGpuTileRows * row_bytes));
-    for (int r = r0; r < r1; r++)
+    for (int r = r0; r < r1; r++) {
+      const uint8_t* src = row(r);
       for (int u = 0; u < n_units; u++) {
-        const uint8_t* s = src + int64_t(r) * row_bytes + int64_t(u) * unit_bytes;
+        const uint8_t* s = src + int64_t(u) * unit_bytes;
         std::memcpy(dst + gpu_tiled_offset(row_bytes, bits, r, u, 0), s, size_t(p1));
         if (unit_bytes > p1)
           std::memcpy(dst + gpu_tiled_offset(row_bytes, bits, r, u, p1), s + p1,
                       size_t(unit_bytes - p1));
       }
+    }
   }
+}
+// The same from one row-layout array [rows, row_bytes].
+inline void to_gpu_tiled(const uint8_t* src, int rows, int64_t row_bytes, int bits, uint8_t* dst,
+                         int tile0, int tile1) {
+  to_gpu_tiled_rows([&](int r) { return src + int64_t(r) * row_bytes; }, rows, row_bytes, bits,
+                    dst, tile0, tile1);
 }
 inline void to_gpu_tiled(const uint8_t* src, int rows, int64_t row_bytes, int bits,
                          uint8_t* dst) {
