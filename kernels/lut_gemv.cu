@@ -737,9 +737,28 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
     // lanes over entries, every token; at one token a quad sum per row into the accumulators
     // (o_sum), else one sum per (row, token) in sh.outl by a transposing warp reduction.
     // (The token loop stops at n_tokens: testing every one of the 8 or 16 cost ~50
-    // instructions per tile at one token.)
+    // instructions per tile at one token.) One token with x in shared memory (every decode
+    // step) has its own straight-line path: the general one cost 141 warp instructions per
+    // warp and tile there (ncu, 22016 x 4096, 3-bit 0.45%), a third of the item loop's.
     float o_sum[2] = {0.0f, 0.0f};  // one token: this warp's outlier sums of rows g, g + 8
-    if (has_outliers) {
+    if (has_outliers && outl_own_rows && (NORM || p.n_chunks == 1)) {
+      const uint16_t* xs_h = reinterpret_cast<const uint16_t*>(xs);
+      // v += entry e times token 0's x (x_s at the column's decode-order offset); the same
+      // operations in the same order as the general path, so the same bits
+      auto add = [&](float& v, uint32_t e) {
+        const int col = int(e & 0xffffu);
+        v += h2f(uint16_t(e >> 16)) * h2f(xs_h[(col & ~127) + sh.xs_perm[col & 127]]);
+      };
+#pragma unroll
+      for (int rr = 0; rr < 2; rr++) {
+        const int k0 = rp_cur[2 * rr], k1 = rp_cur[2 * rr + 1];
+        float v = 0.0f;
+        if (k0 + o_lane < k1) add(v, oe_cur[rr]);
+        for (int kk = k0 + 32 + o_lane; kk < k1; kk += 32) add(v, __ldg(p.outliers + kk));
+        v += __shfl_xor_sync(0xffffffffu, v, 1);
+        o_sum[rr] = v + __shfl_xor_sync(0xffffffffu, v, 2);
+      }
+    } else if (has_outliers) {
       const int tok_stride_h = p.x_tok_stride / 2;
       const uint16_t* xs_h = reinterpret_cast<const uint16_t*>(xs);
       float s[2][NT8];
