@@ -76,6 +76,8 @@ enum class Outliers {
   MANY,         // 40 in every 5th row, 0..3 elsewhere
   FULL_ROW,     // row rows/2 has every column, the others 0..2
   REALISTIC,    // ~0.45% of the row at random positions
+  DENSE,        // 20..79 in every row: the GEMV's two-entry prefetch (more than 24 a row on
+                // average, kOutlierTwoRounds) and rows past its 64 prefetched entries
 };
 
 const char* outliers_name(Outliers o) {
@@ -88,6 +90,8 @@ const char* outliers_name(Outliers o) {
       return "many";
     case Outliers::FULL_ROW:
       return "full_row";
+    case Outliers::DENSE:
+      return "dense";
     default:
       return "realistic";
   }
@@ -135,6 +139,9 @@ struct TestMatrix {
           break;
         case Outliers::REALISTIC:
           n = int(std::poisson_distribution<int>(0.0045 * cols)(rng));
+          break;
+        case Outliers::DENSE:
+          n = 20 + int(rng() % 60);
           break;
       }
       n = std::min(n, cols);
@@ -233,7 +240,7 @@ std::string case_name(int rows, int cols, int bits, Outliers o, int n) {
 }
 
 const Outliers kPatterns[] = {Outliers::NONE, Outliers::ONE_PER_ROW, Outliers::MANY,
-                              Outliers::FULL_ROW};
+                              Outliers::FULL_ROW, Outliers::DENSE};
 
 // First in the file: under ctest each test is its own process, so this is the very first
 // lut_gemm_cuda call of the process, made inside a (global-mode) stream capture.
