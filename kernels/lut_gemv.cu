@@ -278,12 +278,6 @@ constexpr int kStageBytes = G * 2 * 32 * kLaneQuarterBytes<BITS>;
 template <int BITS>
 constexpr int kLutRowBytes = 2 << BITS;  // 2^BITS fp16 entries
 
-// The GEMV's lanes prefetch, a tile ahead, one CSR entry of each of their two rows (32 lanes
-// or slots per row); when the rows average more outliers than this (K = 11008 at 0.45%:
-// ~50), a second one too (entries o_lane + 32), so that the second round's loads are not
-// issued, and waited for, inside the tile. Below it the extra loads would be empty.
-constexpr int kOutlierTwoRounds = 24;
-
 // The matrix, x and y as both kernels take them (linear_params() fills it).
 struct LinearParams {
   const uint8_t* indices;
@@ -296,7 +290,6 @@ struct LinearParams {
   int rows, cols, n_tokens;
   int n_units;  // ceil(cols / 128)
   bool x_vec;   // x 16-byte aligned and cols % 8 == 0: stage / copy with 16-byte loads
-  bool outl2;   // GEMV: prefetch two CSR entries per lane and row (kOutlierTwoRounds)
 };
 
 struct GemvParams : LinearParams {
@@ -684,8 +677,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
   // flight, so no DRAM latency is exposed at a tile's end (it was, once per tile, at 1 block
   // per SM: 8+ tokens).
   int rp_cur[4] = {0, 0, 0, 0}, rp_nxt[4] = {0, 0, 0, 0};  // [row k0, row k1] x 2 rows
-  // entries o_lane (and, with p.outl2, o_lane + 32) of each row (col | value << 16)
-  uint32_t oe_cur[2][2] = {{0, 0}, {0, 0}}, oe_nxt[2][2] = {{0, 0}, {0, 0}};
+  uint32_t oe_cur[2] = {0, 0}, oe_nxt[2] = {0, 0};         // entry `lane` (col | value << 16)
   auto load_rp = [&](int tile, int(&rp)[4]) {
 #pragma unroll
     for (int rr = 0; rr < 2; rr++) {
@@ -694,12 +686,11 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
       rp[2 * rr + 1] = __ldg(p.row_ptr + min(r + 1, p.rows));
     }
   };
-  auto load_csr = [&](const int(&rp)[4], uint32_t(&oe)[2][2]) {
+  auto load_csr = [&](const int(&rp)[4], uint32_t(&oe)[2]) {
 #pragma unroll
     for (int rr = 0; rr < 2; rr++) {
       const int kk = rp[2 * rr] + o_lane;
-      oe[rr][0] = kk < rp[2 * rr + 1] ? __ldg(p.outliers + kk) : 0u;
-      if (p.outl2) oe[rr][1] = kk + 32 < rp[2 * rr + 1] ? __ldg(p.outliers + kk + 32) : 0u;
+      oe[rr] = kk < rp[2 * rr + 1] ? __ldg(p.outliers + kk) : 0u;
     }
   };
   if (has_outliers) {
@@ -762,10 +753,8 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
       for (int rr = 0; rr < 2; rr++) {
         const int k0 = rp_cur[2 * rr], k1 = rp_cur[2 * rr + 1];
         float v = 0.0f;
-        if (k0 + o_lane < k1) add(v, oe_cur[rr][0]);
-        if (p.outl2 && k0 + 32 + o_lane < k1) add(v, oe_cur[rr][1]);
-        for (int kk = k0 + (p.outl2 ? 64 : 32) + o_lane; kk < k1; kk += 32)
-          add(v, __ldg(p.outliers + kk));
+        if (k0 + o_lane < k1) add(v, oe_cur[rr]);
+        for (int kk = k0 + 32 + o_lane; kk < k1; kk += 32) add(v, __ldg(p.outliers + kk));
         v += __shfl_xor_sync(0xffffffffu, v, 1);
         o_sum[rr] = v + __shfl_xor_sync(0xffffffffu, v, 2);
       }
@@ -795,10 +784,8 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
           }
         };
         auto add_entry = [&](uint32_t e) { add(int(e & 0xffffu), h2f(uint16_t(e >> 16))); };
-        if (k0 + o_lane < k1) add_entry(oe_cur[rr][0]);
-        if (p.outl2 && k0 + 32 + o_lane < k1) add_entry(oe_cur[rr][1]);
-        for (int kk = k0 + (p.outl2 ? 64 : 32) + o_lane; kk < k1; kk += 32)
-          add_entry(__ldg(p.outliers + kk));
+        if (k0 + o_lane < k1) add_entry(oe_cur[rr]);
+        for (int kk = k0 + 32 + o_lane; kk < k1; kk += 32) add_entry(__ldg(p.outliers + kk));
       }
       if (outl_own_rows) {
 #pragma unroll
@@ -869,7 +856,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
 #pragma unroll
     for (int i = 0; i < 4; i++) rp_cur[i] = rp_nxt[i], rp_nxt[i] = rp_nn[i];
 #pragma unroll
-    for (int rr = 0; rr < 2; rr++) oe_cur[rr][0] = oe_nxt[rr][0], oe_cur[rr][1] = oe_nxt[rr][1];
+    for (int rr = 0; rr < 2; rr++) oe_cur[rr] = oe_nxt[rr];
     __syncthreads();
     auto row_sum = [&](int rl, int tok) {
       float s = has_outliers && !outl_own_rows ? sh.outl[par][rl][tok] : 0.0f;
@@ -1172,7 +1159,6 @@ LinearParams linear_params(const PackedMatrix& w, const uint16_t* x, int n_token
   p.x = x, p.y = y, p.rows = w.rows, p.cols = w.cols, p.n_tokens = n_tokens;
   p.n_units = (w.cols + kUnitCols - 1) / kUnitCols;
   p.x_vec = w.cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
-  p.outl2 = w.nnz > int64_t(kOutlierTwoRounds) * w.rows;
   return p;
 }
 

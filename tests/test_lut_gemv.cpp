@@ -76,8 +76,7 @@ enum class Outliers {
   MANY,         // 40 in every 5th row, 0..3 elsewhere
   FULL_ROW,     // row rows/2 has every column, the others 0..2
   REALISTIC,    // ~0.45% of the row at random positions
-  DENSE,        // 20..79 in every row: the GEMV's two-entry prefetch (more than 24 a row on
-                // average, kOutlierTwoRounds) and rows past its 64 prefetched entries
+  DENSE,        // 20..79 in every row: rows past the GEMV's 32 prefetched entries per row
 };
 
 const char* outliers_name(Outliers o) {
