@@ -536,6 +536,25 @@ __device__ __forceinline__ void gemv_lut_planes(const uint8_t* row, LutPlanes<BI
   }
 }
 
+// N (2, 4, 8 or 16) per-lane values -> lane l holds the warp sum of value
+// warp_transpose_index(l): N - 1 + log2(32 / N) shuffles instead of 5 N.
+template <int N>
+__device__ __forceinline__ float warp_transpose_sum(float (&v)[N], int lane) {
+  transpose_round<N, N / 2, 16>(v, lane);
+#pragma unroll
+  for (int off = 16 / N; off >= 1; off >>= 1) v[0] += __shfl_xor_sync(0xffffffffu, v[0], off);
+  return v[0];
+}
+// The token whose sum lane holds after warp_transpose_sum<N>, or -1 for a duplicate lane.
+template <int N>
+__device__ __forceinline__ int warp_transpose_index(int lane) {
+  if (lane & (32 / N - 1)) return -1;
+  int idx = 0;
+#pragma unroll
+  for (int r = 0; (N >> (r + 1)) >= 1; r++) idx += (lane & (16 >> r)) ? N >> (r + 1) : 0;
+  return idx;
+}
+
 // NORM: the norm fusion (x staged from norm_x; one chunk). Its own instantiations, so the
 // kernels without it keep their code (the GEMV sits near its register cap).
 template <int BITS, int NTILE, int G, bool NORM = false>
@@ -714,24 +733,21 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
         acc[a][nt][0] = acc[a][nt][1] = acc[a][nt][2] = acc[a][nt][3] = 0.0f;
 
     // Outliers of rows o_row, o_row + 8 (before the items: x_s is staged for the whole tile, or
-    // x is read from global; their latency then is not the last thing before the barrier).
-    // x_of(col): this lane's token's x at column col (x_s at the column's decode-order offset,
-    // or global x when x is staged in chunks).
-    //  - One token: lane (g, t) of warp w takes entries t + 4 w, + 32, ... of its own rows g
-    //    and g + 8; a quad sum per row goes into its accumulators (o_sum). (The general path
-    //    below cost 141 warp instructions per warp and tile here: ncu, 22016 x 4096, 3-bit
-    //    0.45%, a third of the item loop's.)
-    //  - More tokens: warp w takes rows w and w + 8; lane l = (slot l / NT8, token l % NT8)
-    //    takes entries slot, slot + 32 / NT8, ... of the row for its token, the entry shuffled
-    //    from the lane that prefetched it (lane i holds entry i, i < 32); a sum over the slots
-    //    (2 or 1 shuffles) leaves one sum per (row, token) in sh.outl. (Before, lanes over
-    //    entries with every token each and a transposing warp reduction: 365 warp
-    //    instructions per warp and tile at 8 tokens, more than a third of the kernel's.)
+    // x is read from global; their latency then is not the last thing before the barrier):
+    // lanes over entries, every token; at one token a quad sum per row into the accumulators
+    // (o_sum), else one sum per (row, token) in sh.outl by a transposing warp reduction.
+    // (The token loop stops at n_tokens: testing every one of the 8 or 16 cost ~50
+    // instructions per tile at one token.) One token with x in shared memory (every decode
+    // step) has its own straight-line path: the general one cost 141 warp instructions per
+    // warp and tile there (ncu, 22016 x 4096, 3-bit 0.45%), a third of the item loop's.
     float o_sum[2] = {0.0f, 0.0f};  // one token: this warp's outlier sums of rows g, g + 8
-    const bool x_staged = NORM || p.n_chunks == 1;
-    auto one_token = [&](auto x_of) {
+    if (has_outliers && outl_own_rows && (NORM || p.n_chunks == 1)) {
+      const uint16_t* xs_h = reinterpret_cast<const uint16_t*>(xs);
+      // v += entry e times token 0's x (x_s at the column's decode-order offset); the same
+      // operations in the same order as the general path, so the same bits
       auto add = [&](float& v, uint32_t e) {
-        v += h2f(uint16_t(e >> 16)) * x_of(int(e & 0xffffu));
+        const int col = int(e & 0xffffu);
+        v += h2f(uint16_t(e >> 16)) * h2f(xs_h[(col & ~127) + sh.xs_perm[col & 127]]);
       };
 #pragma unroll
       for (int rr = 0; rr < 2; rr++) {
@@ -742,43 +758,48 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
         v += __shfl_xor_sync(0xffffffffu, v, 1);
         o_sum[rr] = v + __shfl_xor_sync(0xffffffffu, v, 2);
       }
-    };
-    constexpr int kSlots = 32 / NT8;
-    const int o_tok = lane % NT8, o_slot = lane / NT8;
-    auto many_tokens = [&](auto x_of) {
-      const bool tok_ok = o_tok < p.n_tokens;
+    } else if (has_outliers) {
+      const int tok_stride_h = p.x_tok_stride / 2;
+      const uint16_t* xs_h = reinterpret_cast<const uint16_t*>(xs);
+      float s[2][NT8];
 #pragma unroll
       for (int rr = 0; rr < 2; rr++) {
-        const int k0 = rp_cur[2 * rr], n = rp_cur[2 * rr + 1] - k0;
-        float v = 0.0f;
-        for (int j = 0; j * kSlots < n; j++) {  // n is the warp's: uniform
-          const int i = o_slot + j * kSlots;
-          uint32_t e;
-          if (j * kSlots < 32)
-            e = __shfl_sync(0xffffffffu, oe_cur[rr], i);
-          else
-            e = i < n ? __ldg(p.outliers + k0 + i) : 0u;
-          if (i < n && tok_ok) v += h2f(uint16_t(e >> 16)) * x_of(int(e & 0xffffu));
-        }
 #pragma unroll
-        for (int off = NT8; off < 32; off <<= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-        if (o_slot == 0 && tok_ok) sh.outl[par][warp + 8 * rr][o_tok] = v;
+        for (int i = 0; i < NT8; i++) s[rr][i] = 0.0f;
+        const int k0 = rp_cur[2 * rr], k1 = rp_cur[2 * rr + 1];
+        auto add = [&](int col, float v) {
+          if (NORM || p.n_chunks == 1) {
+            const uint16_t* xc = xs_h + (col & ~127) + sh.xs_perm[col & 127];
+#pragma unroll
+            for (int i = 0; i < NT8; i++) {
+              if (i == p.n_tokens) break;
+              s[rr][i] += v * h2f(xc[i * tok_stride_h]);
+            }
+          } else {
+#pragma unroll
+            for (int i = 0; i < NT8; i++) {
+              if (i == p.n_tokens) break;
+              s[rr][i] += v * h2f(__ldg(p.x + int64_t(i) * p.cols + col));
+            }
+          }
+        };
+        auto add_entry = [&](uint32_t e) { add(int(e & 0xffffu), h2f(uint16_t(e >> 16))); };
+        if (k0 + o_lane < k1) add_entry(oe_cur[rr]);
+        for (int kk = k0 + 32 + o_lane; kk < k1; kk += 32) add_entry(__ldg(p.outliers + kk));
       }
-    };
-    if (has_outliers) {
-      const uint16_t* xs_h = reinterpret_cast<const uint16_t*>(xs);
       if (outl_own_rows) {
-        if (x_staged)
-          one_token([&](int col) { return h2f(xs_h[(col & ~127) + sh.xs_perm[col & 127]]); });
-        else
-          one_token([&](int col) { return h2f(__ldg(p.x + col)); });
+#pragma unroll
+        for (int rr = 0; rr < 2; rr++) {
+          float v = s[rr][0];
+          v += __shfl_xor_sync(0xffffffffu, v, 1);
+          o_sum[rr] = v + __shfl_xor_sync(0xffffffffu, v, 2);
+        }
       } else {
-        if (x_staged) {
-          const uint16_t* xt = xs_h + o_tok * (p.x_tok_stride / 2);
-          many_tokens([&](int col) { return h2f(xt[(col & ~127) + sh.xs_perm[col & 127]]); });
-        } else {
-          const uint16_t* xt = p.x + int64_t(min(o_tok, p.n_tokens - 1)) * p.cols;
-          many_tokens([&](int col) { return h2f(__ldg(xt + col)); });
+#pragma unroll
+        for (int rr = 0; rr < 2; rr++) {
+          const float v = warp_transpose_sum<NT8>(s[rr], lane);
+          const int tok = warp_transpose_index<NT8>(lane);
+          if (tok >= 0 && tok < p.n_tokens) sh.outl[par][warp + 8 * rr][tok] = v;
         }
       }
     }
