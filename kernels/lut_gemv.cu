@@ -770,10 +770,15 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
         auto add = [&](int col, float v) {
           if (NORM || p.n_chunks == 1) {
             const uint16_t* xc = xs_h + (col & ~127) + sh.xs_perm[col & 127];
+            if (p.n_tokens == NT8) {  // a full tile of tokens (batch 8 or 16): no test per token
 #pragma unroll
-            for (int i = 0; i < NT8; i++) {
-              if (i == p.n_tokens) break;
-              s[rr][i] += v * h2f(xc[i * tok_stride_h]);
+              for (int i = 0; i < NT8; i++) s[rr][i] += v * h2f(xc[i * tok_stride_h]);
+            } else {
+#pragma unroll
+              for (int i = 0; i < NT8; i++) {
+                if (i == p.n_tokens) break;
+                s[rr][i] += v * h2f(xc[i * tok_stride_h]);
+              }
             }
           } else {
 #pragma unroll
