@@ -36,18 +36,16 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ uint16_t lut[1 << BITS];
   const int row = blockIdx.x;
   if (threadIdx.x < (1 << BITS)) lut[threadIdx.x] = w.lut[(int64_t(row) << BITS) + threadIdx.x];
-  // This row's parts of unit 0 in the GPU's tiled layout (kernels/packed_layout.h); unit u's
-  // are u * kGpuTileRows * 16 * BITS bytes further (computed once, not per load). at(u, off):
-  // byte `off` of unit u in part 1; at_c(u, q): 3 bits, quarter q's C lane in part 2.
+  // This row's parts of unit 0 in the GPU's tiled layout (kernels/packed_layout.h), as the
+  // GEMM takes them; unit u's are u * kGpuTileRows * 16 * BITS bytes further (computed once,
+  // not per load). at(u, off): byte `off` of unit u in part 1; at_c(u, q): 3 bits, quarter
+  // q's C lane (the first C lane starts part 2).
   constexpr int kUnitStride = kGpuTileRows * 16 * BITS;
   const uint8_t* part1 = w.indices + gpu_tiled_offset(w.row_bytes, BITS, row, 0, 0);
   const uint8_t* part2 =
-      BITS == 3 ? w.indices + gpu_tiled_offset(w.row_bytes, BITS, row, 0, gpu_tiled_part1(BITS))
-                : part1;
+      w.indices + gpu_tiled_offset(w.row_bytes, BITS, row, 0, packed3_lane_offset(0, 2));
   auto at = [&](int u, int off) { return part1 + u * kUnitStride + off; };
-  auto at_c = [&](int u, int q) {
-    return part2 + u * kUnitStride + packed3_lane_offset(q, 2) - gpu_tiled_part1(BITS);
-  };
+  auto at_c = [&](int u, int q) { return part2 + u * kUnitStride + 4 * q; };
   uint16_t* o = out + int64_t(row) * w.cols;
   // 16-byte stores need the row start 16-byte aligned: out aligned and cols % 8 == 0.
   const bool vec = (reinterpret_cast<uintptr_t>(out) % 16 == 0) && (w.cols % 8 == 0);
