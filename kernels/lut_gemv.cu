@@ -733,38 +733,34 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
         acc[a][nt][0] = acc[a][nt][1] = acc[a][nt][2] = acc[a][nt][3] = 0.0f;
 
     // Outliers of rows o_row, o_row + 8 (before the items: x_s is staged for the whole tile, or
-    // x is read from global; their latency then is not the last thing before the barrier).
-    //  - One token: lane (g, t) takes entries t + 4 w, + 32, ... of its own rows g, g + 8 and
-    //    its quad's sum per row goes into its accumulators (o_sum): a straight-line walk, with
-    //    x from x_s or from global chosen once per tile (x_of), not per entry. (The general
-    //    walk below cost 141 warp instructions per warp and tile here: ncu, 22016 x 4096,
-    //    3-bit 0.45%, a third of the item loop's.)
-    //  - More tokens: lanes over entries, every token (the token loop stops at n_tokens,
-    //    without a test per token when the tile of tokens is full), then one sum per (row,
-    //    token) in sh.outl by a transposing warp reduction.
+    // x is read from global; their latency then is not the last thing before the barrier):
+    // lanes over entries, every token; at one token a quad sum per row into the accumulators
+    // (o_sum), else one sum per (row, token) in sh.outl by a transposing warp reduction.
+    // (The token loop stops at n_tokens: testing every one of the 8 or 16 cost ~50
+    // instructions per tile at one token.) One token with x in shared memory (every decode
+    // step) has its own straight-line path: the general one cost 141 warp instructions per
+    // warp and tile there (ncu, 22016 x 4096, 3-bit 0.45%), a third of the item loop's.
     float o_sum[2] = {0.0f, 0.0f};  // one token: this warp's outlier sums of rows g, g + 8
-    const uint16_t* xs_h = reinterpret_cast<const uint16_t*>(xs);
-    if (has_outliers && outl_own_rows) {
-      auto walk = [&](auto x_of) {  // x_of(col): token 0's x at column col
-        auto add = [&](float& v, uint32_t e) {
-          v += h2f(uint16_t(e >> 16)) * x_of(int(e & 0xffffu));
-        };
-#pragma unroll
-        for (int rr = 0; rr < 2; rr++) {
-          const int k0 = rp_cur[2 * rr], k1 = rp_cur[2 * rr + 1];
-          float v = 0.0f;
-          if (k0 + o_lane < k1) add(v, oe_cur[rr]);
-          for (int kk = k0 + 32 + o_lane; kk < k1; kk += 32) add(v, __ldg(p.outliers + kk));
-          v += __shfl_xor_sync(0xffffffffu, v, 1);
-          o_sum[rr] = v + __shfl_xor_sync(0xffffffffu, v, 2);
-        }
+    if (has_outliers && outl_own_rows && (NORM || p.n_chunks == 1)) {
+      const uint16_t* xs_h = reinterpret_cast<const uint16_t*>(xs);
+      // v += entry e times token 0's x (x_s at the column's decode-order offset); the same
+      // operations in the same order as the general path, so the same bits
+      auto add = [&](float& v, uint32_t e) {
+        const int col = int(e & 0xffffu);
+        v += h2f(uint16_t(e >> 16)) * h2f(xs_h[(col & ~127) + sh.xs_perm[col & 127]]);
       };
-      if (NORM || p.n_chunks == 1)  // x_s at the column's decode-order offset
-        walk([&](int col) { return h2f(xs_h[(col & ~127) + sh.xs_perm[col & 127]]); });
-      else
-        walk([&](int col) { return h2f(__ldg(p.x + col)); });
+#pragma unroll
+      for (int rr = 0; rr < 2; rr++) {
+        const int k0 = rp_cur[2 * rr], k1 = rp_cur[2 * rr + 1];
+        float v = 0.0f;
+        if (k0 + o_lane < k1) add(v, oe_cur[rr]);
+        for (int kk = k0 + 32 + o_lane; kk < k1; kk += 32) add(v, __ldg(p.outliers + kk));
+        v += __shfl_xor_sync(0xffffffffu, v, 1);
+        o_sum[rr] = v + __shfl_xor_sync(0xffffffffu, v, 2);
+      }
     } else if (has_outliers) {
       const int tok_stride_h = p.x_tok_stride / 2;
+      const uint16_t* xs_h = reinterpret_cast<const uint16_t*>(xs);
       float s[2][NT8];
 #pragma unroll
       for (int rr = 0; rr < 2; rr++) {
@@ -796,11 +792,20 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
         if (k0 + o_lane < k1) add_entry(oe_cur[rr]);
         for (int kk = k0 + 32 + o_lane; kk < k1; kk += 32) add_entry(__ldg(p.outliers + kk));
       }
+      if (outl_own_rows) {
 #pragma unroll
-      for (int rr = 0; rr < 2; rr++) {
-        const float v = warp_transpose_sum<NT8>(s[rr], lane);
-        const int tok = warp_transpose_index<NT8>(lane);
-        if (tok >= 0 && tok < p.n_tokens) sh.outl[par][warp + 8 * rr][tok] = v;
+        for (int rr = 0; rr < 2; rr++) {
+          float v = s[rr][0];
+          v += __shfl_xor_sync(0xffffffffu, v, 1);
+          o_sum[rr] = v + __shfl_xor_sync(0xffffffffu, v, 2);
+        }
+      } else {
+#pragma unroll
+        for (int rr = 0; rr < 2; rr++) {
+          const float v = warp_transpose_sum<NT8>(s[rr], lane);
+          const int tok = warp_transpose_index<NT8>(lane);
+          if (tok >= 0 && tok < p.n_tokens) sh.outl[par][warp + 8 * rr][tok] = v;
+        }
       }
     }
 
