@@ -347,18 +347,23 @@ template <int BITS>
 __device__ __forceinline__ void gemv_store_x_group(const GemvParams& p, uint8_t* xs, int tok,
                                                    int q, const uint32_t (&v)[8]) {
   // q -> (unit, quarter t, half h); groups m = 4h..4h+3 of quarter t: m = 4h + 2i + j at
-  // dst[8i + j] (uint2 units)
+  // uint2 slot 8i + j, i.e. i = 0 and i = 1 as one 16-byte store each. Threads with h = 1
+  // store i = 1 first, so that the 8 threads of a store phase (q = 8u..8u+7: t = 0..3, h = 0,
+  // 1) hit 8 different 16-byte bank groups. (Four 8-byte stores in the same order for every
+  // thread had 4x the shared-memory wavefronts of a conflict-free store: ncu, 8 tokens.)
   const int u = q >> 3, t = (q >> 1) & 3, h = q & 1;
-  uint2* dst = reinterpret_cast<uint2*>(xs + tok * p.x_tok_stride + u * 256 + h * 128 + t * 16);
+  uint4* dst = reinterpret_cast<uint4*>(xs + tok * p.x_tok_stride + u * 256 + h * 128 + t * 16);
+  uint4 m01, m23;  // groups 4h, 4h + 1 (slots 0, 1) and 4h + 2, 4h + 3 (slots 8, 9)
   if constexpr (BITS == 4) {
-#pragma unroll
-    for (int j = 0; j < 4; j++) dst[8 * (j >> 1) + (j & 1)] = make_uint2(v[2 * j], v[2 * j + 1]);
-  } else {
-    dst[0] = make_uint2(prmt(v[0], v[1], 0x5410), prmt(v[2], v[3], 0x5410));  // 0 2 4 6
-    dst[1] = make_uint2(prmt(v[4], v[5], 0x5410), prmt(v[6], v[7], 0x5410));  // 8 ... 14
-    dst[8] = make_uint2(prmt(v[0], v[1], 0x7632), prmt(v[2], v[3], 0x7632));  // 1 3 5 7
-    dst[9] = make_uint2(prmt(v[4], v[5], 0x7632), prmt(v[6], v[7], 0x7632));  // 9 ... 15
+    m01 = make_uint4(v[0], v[1], v[2], v[3]), m23 = make_uint4(v[4], v[5], v[6], v[7]);
+  } else {  // columns 0 2 4 6 | 8 .. 14, then 1 3 5 7 | 9 .. 15
+    m01 = make_uint4(prmt(v[0], v[1], 0x5410), prmt(v[2], v[3], 0x5410), prmt(v[4], v[5], 0x5410),
+                     prmt(v[6], v[7], 0x5410));
+    m23 = make_uint4(prmt(v[0], v[1], 0x7632), prmt(v[2], v[3], 0x7632), prmt(v[4], v[5], 0x7632),
+                     prmt(v[6], v[7], 0x7632));
   }
+  dst[4 * h] = h ? m23 : m01;
+  dst[4 * (h ^ 1)] = h ? m01 : m23;
 }
 
 // Stages columns [c0, c0 + chunk_items * G * 128) of x, zero beyond cols, into x_s. (Loading two
