@@ -37,13 +37,12 @@ __global__ void __launch_bounds__(kThreads)
   const int row = blockIdx.x;
   if (threadIdx.x < (1 << BITS)) lut[threadIdx.x] = w.lut[(int64_t(row) << BITS) + threadIdx.x];
   // This row's parts of unit 0 in the GPU's tiled layout (kernels/packed_layout.h), as the
-  // GEMM takes them; unit u's are u * kGpuTileRows * 16 * BITS bytes further (computed once,
-  // not per load). at(u, off): byte `off` of unit u in part 1; at_c(u, q): 3 bits, quarter
-  // q's C lane (the first C lane starts part 2).
-  constexpr int kUnitStride = kGpuTileRows * 16 * BITS;
-  const uint8_t* part1 = w.indices + gpu_tiled_offset(w.row_bytes, BITS, row, 0, 0);
-  const uint8_t* part2 =
-      w.indices + gpu_tiled_offset(w.row_bytes, BITS, row, 0, packed3_lane_offset(0, 2));
+  // GEMM takes them (computed once, not per load). at(u, off): byte `off` of unit u in part 1;
+  // at_c(u, q): 3 bits, quarter q's C lane (the first C lane starts part 2).
+  constexpr int kUnitStride = gpu_tiled_unit_stride(BITS);
+  const GpuTiledRow parts = gpu_tiled_row(w.row_bytes, BITS, row);
+  const uint8_t* part1 = w.indices + parts.part1;
+  const uint8_t* part2 = w.indices + parts.part2;
   auto at = [&](int u, int off) { return part1 + u * kUnitStride + off; };
   auto at_c = [&](int u, int q) { return part2 + u * kUnitStride + 4 * q; };
   uint16_t* o = out + int64_t(row) * w.cols;

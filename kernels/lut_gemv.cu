@@ -572,7 +572,6 @@ template <int BITS, int NTILE, int G, bool NORM = false>
 __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
     lut_gemv_kernel(const GemvParamsOf<NORM> p) {
   constexpr int QW = kQuarterWords<BITS>, NT8 = 8 * NTILE;
-  constexpr int kUnitBytes = 16 * BITS;
   // Shared memory: x_s [xs_bytes] | GemvShared | each warp's ring of kStages items.
   extern __shared__ __align__(16) uint8_t smem[];
   uint8_t* xs = smem;
@@ -606,7 +605,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
   uint8_t* ring =
       smem + p.xs_bytes + sizeof(GemvShared<NTILE>) + warp * kStages<NTILE> * kStageBytes<BITS, G>;
   constexpr int kQ = BITS == 4 ? 16 : 8;               // part-1 bytes of a quarter
-  constexpr int kBlock = kTileRows * kUnitBytes;       // a unit of the tile's 16 rows
+  constexpr int kBlock = gpu_tiled_unit_stride(BITS);  // a unit of the tile's 16 rows
   constexpr int kPart2 = kTileRows * gpu_tiled_part1(BITS);  // 3 bits: where part 2 starts
   // Fetch cursor: the next item to copy, and this lane's quarter in its tile's first unit.
   int f_left = n_mine * my_tiles, f_item = warp, f_tile = blockIdx.x;
@@ -941,7 +940,7 @@ __global__ void __launch_bounds__(kGemmThreads, 1) lut_gemm_kernel(const GemmPar
   constexpr int QPT = BM / 64;  // quarters decoded per thread per step
   pdl_wait();  // kernels/pdl.cuh: nothing before this reads earlier kernels' outputs
   pdl_launch_dependents();
-  constexpr int QW = kQuarterWords<BITS>, kUnitBytes = 16 * BITS;
+  constexpr int QW = kQuarterWords<BITS>;
   extern __shared__ __align__(16) uint8_t smem[];
   uint16_t* ws = reinterpret_cast<uint16_t*>(smem);  // [2][BM][kLds]
   uint16_t* xs = ws + 2 * BM * kLds;                 // [2][BN][kLds]
@@ -955,17 +954,17 @@ __global__ void __launch_bounds__(kGemmThreads, 1) lut_gemm_kernel(const GemmPar
   const int d_row = tid / (4 / QPT), d_q0 = (tid % (4 / QPT)) * QPT;
   const int d_r = min(row0 + d_row, p.rows - 1);
   const LutPlanes<BITS> lut = load_lut<BITS>(p.lut, d_r);
-  // The row's parts of unit 0 in the tiled layout; unit u's are kTileRows * kUnitBytes further.
-  const uint8_t* d_p1 = p.indices + gpu_tiled_offset(p.row_bytes, BITS, d_r, 0, 0);
-  const uint8_t* d_p2 =
-      p.indices + gpu_tiled_offset(p.row_bytes, BITS, d_r, 0, packed3_lane_offset(0, 2));
+  // The row's parts of unit 0 in the tiled layout; unit u's are gpu_tiled_unit_stride further.
+  constexpr int kUnitStride = gpu_tiled_unit_stride(BITS);
+  const GpuTiledRow d_parts = gpu_tiled_row(p.row_bytes, BITS, d_r);
+  const uint8_t* d_p1 = p.indices + d_parts.part1;
+  const uint8_t* d_p2 = p.indices + d_parts.part2;
   // Index words two steps ahead: raw_a / raw_b alternate (the step loop is unrolled by 2).
   uint32_t raw_a[QPT][QW], raw_b[QPT][QW];
   auto load_raw = [&](int unit, uint32_t(&raw)[QPT][QW]) {
 #pragma unroll
     for (int q = 0; q < QPT; q++)
-      load_quarter<BITS>(d_p1 + unit * kTileRows * kUnitBytes,
-                         d_p2 + unit * kTileRows * kUnitBytes, d_q0 + q, raw[q]);
+      load_quarter<BITS>(d_p1 + unit * kUnitStride, d_p2 + unit * kUnitStride, d_q0 + q, raw[q]);
   };
   auto decode_store = [&](int buf, int q, const uint32_t(&raw)[QPT][QW]) {
     uint32_t pr[16];

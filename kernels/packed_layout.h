@@ -144,14 +144,27 @@ inline int64_t gpu_tiled_bytes(int rows, int64_t row_bytes) {
 
 // Bytes of part 1 of a row's unit in the tiled layout.
 SQZ_LAYOUT_HD constexpr int gpu_tiled_part1(int bits) { return bits == 3 ? 32 : 16 * bits; }
+// Bytes from one unit's block of a tile to the next's (the tile's 16 rows of one unit).
+SQZ_LAYOUT_HD constexpr int gpu_tiled_unit_stride(int bits) { return kGpuTileRows * 16 * bits; }
 
 // Offset in the tiled copy of byte b (0 .. 16 * bits - 1) of unit `unit` of row `row`.
 SQZ_LAYOUT_HD int64_t gpu_tiled_offset(int64_t row_bytes, int bits, int row, int unit, int b) {
   const int p1 = gpu_tiled_part1(bits), unit_bytes = 16 * bits, rl = row % kGpuTileRows;
   const int64_t block = int64_t(row / kGpuTileRows) * kGpuTileRows * row_bytes +
-                        int64_t(unit) * kGpuTileRows * unit_bytes;
+                        int64_t(unit) * gpu_tiled_unit_stride(bits);
   return b < p1 ? block + rl * p1 + b
                 : block + kGpuTileRows * p1 + rl * (unit_bytes - p1) + (b - p1);
+}
+
+// Where row `row`'s unit 0 lies in the tiled copy: the offsets of its part 1 and of its part 2
+// (3 bits: the C lanes; for 4 and 2 bits, which have none, the end of part 1's block). Unit
+// u's parts lie u * gpu_tiled_unit_stride(bits) bytes further.
+struct GpuTiledRow {
+  int64_t part1, part2;
+};
+SQZ_LAYOUT_HD GpuTiledRow gpu_tiled_row(int64_t row_bytes, int bits, int row) {
+  return {gpu_tiled_offset(row_bytes, bits, row, 0, 0),
+          gpu_tiled_offset(row_bytes, bits, row, 0, gpu_tiled_part1(bits))};
 }
 
 // Row-layout indices -> tiles [tile0, tile1) of the tiled copy (gpu_tiled_bytes(rows,
