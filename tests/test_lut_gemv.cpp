@@ -491,6 +491,17 @@ TEST(LutGemmFusion, SwigluOutput) {
     }
 }
 
+// Lane 0's sum after the kernels' n-lane xor shuffle tree (n a power of 2, at most 32): in
+// round o = n / 2, ..., 1 every lane l adds lane l ^ o. Overwrites v.
+float xor_tree_sum(float* v, int n) {
+  for (int o = n / 2; o >= 1; o >>= 1) {
+    float nv[32];
+    for (int l = 0; l < n; l++) nv[l] = v[l] + v[l ^ o];
+    std::copy(nv, nv + n, v);
+  }
+  return v[0];
+}
+
 // The norm fusion's scale, computed as the kernel does (kernels/lut_gemv.cu,
 // gemv_stage_x_norm, in every warp): lane l of 32 sums partials l, l + 32, ... in order; a
 // 32-lane xor tree; then 1 / sqrt(s / cols + eps), all in fp32.
@@ -500,12 +511,7 @@ float kernel_norm_scale(const float* parts, int n_parts, int cols, float eps) {
     v[l] = 0.0f;
     for (int i = l; i < n_parts; i += 32) v[l] += parts[i];
   }
-  for (int o = 16; o >= 1; o >>= 1) {
-    float nv[32];
-    for (int l = 0; l < 32; l++) nv[l] = v[l] + v[l ^ o];
-    std::copy(nv, nv + 32, v);
-  }
-  return 1.0f / std::sqrt(v[0] / float(cols) + eps);
+  return 1.0f / std::sqrt(xor_tree_sum(v, 32) / float(cols) + eps);
 }
 
 // RMSNorm in front: the same bits as the plain kernel on x = fp16(norm_x * scale * norm_w)
@@ -579,12 +585,7 @@ TEST(LutGemmFusion, SumsOfSquaresOut) {
           const float yr = r < m.rows ? y[size_t(t) * m.rows + r] : 0.0f;
           v[l] = yr * yr;
         }
-        for (int o = 8; o >= 1; o >>= 1) {
-          float nv[16];
-          for (int l = 0; l < 16; l++) nv[l] = v[l] + v[l ^ o];
-          std::copy(nv, nv + 16, v);
-        }
-        ASSERT_EQ(ss[size_t(t) * tiles + j], v[0]) << "token " << t << " tile " << j;
+        ASSERT_EQ(ss[size_t(t) * tiles + j], xor_tree_sum(v, 16)) << "token " << t << " tile " << j;
       }
   }
 }
