@@ -33,6 +33,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -214,8 +215,9 @@ SQZ_HD void to_natural_order(uint32_t (&p)[16]) {
 // ---------------------------------------------------------------------------------------
 // GEMV / batched kernel, n_tokens <= 16
 //
-// Block = 8 warps, persistent over tiles of 16 rows (tile = blockIdx.x + k * gridDim.x). A tile's
-// K dimension is cut into items of G units (G * 128 columns); warp w takes items w, w + 8, ...
+// Block = 8 warps (or two groups of 8 sharing x_s: NGRP below), persistent over tiles of 16
+// rows (tile = blockIdx.x + k * gridDim.x). A tile's K dimension is cut into items of G units
+// (G * 128 columns); warp w takes items w, w + 8, ...
 // Lane (g, t) = (lane / 4, lane % 4) decodes quarter t of every unit of rows g and g + 8 of the
 // tile: the A fragments of m16n8k16 come straight out of the decoder, with the rows as M and
 // the (permuted) columns as K. B is x^T (tokens as N, 8 per mma; 2 mmas for 9..16 tokens),
@@ -375,11 +377,11 @@ __device__ __forceinline__ void gemv_store_x_group(const GemvParams& p, uint8_t*
 // Stages columns [c0, c0 + chunk_items * G * 128) of x, zero beyond cols, into x_s. (Loading two
 // groups per thread before storing either, to overlap their latencies, made the kernel spill:
 // 3-bit 22016 x 4096 at one token 25.2 -> 30.6 us.)
-template <int BITS, int G>
+template <int BITS, int G, int THREADS>
 __device__ void gemv_stage_x(const GemvParams& p, uint8_t* xs, int chunk) {
   const int n_groups = p.chunk_items * G * 8;  // 16-column groups per token
   const int c0 = chunk * p.chunk_items * G * 128;
-  for (int i = threadIdx.x; i < p.n_tokens * n_groups; i += kGemvThreads) {
+  for (int i = threadIdx.x; i < p.n_tokens * n_groups; i += THREADS) {
     const int tok = i / n_groups, q = i - tok * n_groups, col = c0 + 16 * q;
     const uint16_t* src = p.x + int64_t(tok) * p.cols + col;
     uint32_t v[8];
@@ -437,13 +439,13 @@ __device__ __forceinline__ void gemv_norm_w_first(const GemvNormParams& p, float
 // The norm fusion's staging (one chunk: the launcher ensures it): scale_t from the partial
 // sums of squares (each warp: lane l sums partials l, l + 32, ... in order, then the warp's
 // xor tree: the same sum in every warp and block), then x = fp16(norm_x * scale_t * norm_w)
-// per column, rmsnorm_cuda's expression. `red` is shared scratch of >= 8 * 8 floats. Each
+// per column, rmsnorm_cuda's expression. `red` is shared scratch of >= 8 floats per warp. Each
 // thread's first group of x is loaded before the partial sums, so their L2 round trips
 // overlap (its norm weights wv came before pdl_wait: gemv_norm_w_first); loads are vector
 // (16 columns: 8 x 16 bytes) when cols % 16 == 0 and aligned, else predicated scalars, all
 // issued before the first use. (Branchy scalar loads, one use each before the next load, made
 // this kernel 6.7 us slower than the plain one at 7B: H100.)
-template <int BITS, int G>
+template <int BITS, int G, int THREADS>
 __device__ void gemv_stage_x_norm(const GemvNormParams& p, uint8_t* xs, float* red,
                                   float (&wv)[16]) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -470,7 +472,7 @@ __device__ void gemv_stage_x_norm(const GemvNormParams& p, uint8_t* xs, float* r
     if (lane == 0) scale[tok] = 1.0f / sqrtf(s / float(p.cols) + p.norm_eps);
   }
   __syncwarp();
-  for (int i = threadIdx.x; i < total; i += kGemvThreads) {
+  for (int i = threadIdx.x; i < total; i += THREADS) {
     if (i != int(threadIdx.x)) load(i, true);
     const int tok = i / n_groups, q = i - tok * n_groups;
     const float sc = scale[tok];
@@ -568,17 +570,32 @@ __device__ __forceinline__ int warp_transpose_index(int lane) {
 
 // NORM: the norm fusion (x staged from norm_x; one chunk). Its own instantiations, so the
 // kernels without it keep their code (the GEMV sits near its register cap).
-template <int BITS, int NTILE, int G, bool NORM = false>
-__global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
+// NGRP: groups of 8 warps per block (1 or 2). The groups share x_s, staged once by the
+// whole block, and each walks its own tiles as a block of NGRP = 1 would (group gr of block b
+// as block NGRP b + gr of a grid NGRP times larger), with its own barrier; x in one chunk.
+template <int BITS, int NTILE, int G, bool NORM = false, int NGRP = 1>
+__global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
     lut_gemv_kernel(const GemvParamsOf<NORM> p) {
   constexpr int QW = kQuarterWords<BITS>, NT8 = 8 * NTILE;
-  // Shared memory: x_s [xs_bytes] | GemvShared | each warp's ring of kStages items.
+  static_assert(NGRP == 1 || NGRP == 2, "one or two groups of 8 warps");
+  // Shared memory: x_s [xs_bytes] | GemvShared per group | each warp's ring of kStages items.
   extern __shared__ __align__(16) uint8_t smem[];
   uint8_t* xs = smem;
-  GemvShared<NTILE>& sh = *reinterpret_cast<GemvShared<NTILE>*>(smem + p.xs_bytes);
+  const int grp = NGRP == 1 ? 0 : int(threadIdx.x) / kGemvThreads;
+  const int tid = NGRP == 1 ? int(threadIdx.x) : int(threadIdx.x) % kGemvThreads;
+  GemvShared<NTILE>& sh = reinterpret_cast<GemvShared<NTILE>*>(smem + p.xs_bytes)[grp];
+  // The group's place in the grid of groups.
+  const int vblock = int(blockIdx.x) * NGRP + grp, vgrid = int(gridDim.x) * NGRP;
+  auto group_sync = [&]() {
+    if constexpr (NGRP == 1)
+      __syncthreads();
+    else
+      asm volatile("bar.sync %0, %1;" ::"r"(1 + grp), "n"(kGemvThreads) : "memory");
+  };
 
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int my_tiles = (p.n_tiles - int(blockIdx.x) + int(gridDim.x) - 1) / int(gridDim.x);
+  const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+  const int my_tiles =
+      NGRP == 1 || vblock < p.n_tiles ? (p.n_tiles - vblock + vgrid - 1) / vgrid : 0;
   const bool has_outliers = p.row_ptr != nullptr;
   // One token: lane (g, t) walks the outliers of its own rows g, g + 8 (entries t + 4 warp,
   // + 32, ...), so that its sums go straight into its accumulators (a quad reduction instead
@@ -602,13 +619,13 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
   // the end are the layout's zero padding (their sums are discarded); units past the end are
   // zero-filled (index 0, against x = 0).
   const int n_mine = warp < p.n_items ? (p.n_items - warp + kGemvWarps - 1) / kGemvWarps : 0;
-  uint8_t* ring =
-      smem + p.xs_bytes + sizeof(GemvShared<NTILE>) + warp * kStages<NTILE> * kStageBytes<BITS, G>;
+  uint8_t* ring = smem + p.xs_bytes + NGRP * sizeof(GemvShared<NTILE>) +
+                 (grp * kGemvWarps + warp) * kStages<NTILE> * kStageBytes<BITS, G>;
   constexpr int kQ = BITS == 4 ? 16 : 8;               // part-1 bytes of a quarter
   constexpr int kBlock = gpu_tiled_unit_stride(BITS);  // a unit of the tile's 16 rows
   constexpr int kPart2 = kTileRows * gpu_tiled_part1(BITS);  // 3 bits: where part 2 starts
   // Fetch cursor: the next item to copy, and this lane's quarter in its tile's first unit.
-  int f_left = n_mine * my_tiles, f_item = warp, f_tile = blockIdx.x;
+  int f_left = n_mine * my_tiles, f_item = warp, f_tile = vblock;
   const uint8_t* f_base;
   auto f_set_base = [&]() {
     f_base = p.indices + int64_t(f_tile) * kTileRows * p.row_bytes + lane * kQ;
@@ -654,7 +671,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
     f_left--;
     f_item += kGemvWarps;
     if (f_item >= p.n_items) {
-      f_item = warp, f_tile += gridDim.x;
+      f_item = warp, f_tile += vgrid;
       f_set_base();
     }
   };
@@ -679,8 +696,8 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
   }
   TileMeta<BITS> meta;
   if (warp == kMetaWarp)
-    gemv_store_meta<BITS, NTILE>(gemv_load_meta<BITS>(p, blockIdx.x), sh, 0);
-  if (threadIdx.x < 128) sh.xs_perm[threadIdx.x] = uint8_t(xs_offset<BITS>(threadIdx.x));
+    gemv_store_meta<BITS, NTILE>(gemv_load_meta<BITS>(p, vblock), sh, 0);
+  if (tid < 128) sh.xs_perm[tid] = uint8_t(xs_offset<BITS>(tid));
 
   // Outliers of this lane's rows (o_row, o_row + 8 of each tile), a tile ahead: while tile k
   // runs, each row's entry o_lane of tile k + 1 and the row pointers of tile k + 2 are in
@@ -704,9 +721,9 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
     }
   };
   if (has_outliers) {
-    load_rp(blockIdx.x, rp_cur);
+    load_rp(vblock, rp_cur);
     load_csr(rp_cur, oe_cur);
-    if (my_tiles > 1) load_rp(blockIdx.x + gridDim.x, rp_nxt);
+    if (my_tiles > 1) load_rp(vblock + vgrid, rp_nxt);
   }
   float nw_first[16];  // NORM: the norm weights of this thread's first group of x
   if constexpr (NORM) gemv_norm_w_first<G>(p, nw_first);
@@ -715,24 +732,25 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
   // (kernels/pdl.cuh).
   pdl_wait();
   pdl_launch_dependents();
+  // (The norm staging's scratch: group 0's partial tiles, 8 floats per warp of the block.)
   if constexpr (NORM)
-    gemv_stage_x_norm<BITS, G>(p, xs, &sh.red[0][0][0][0], nw_first);
+    gemv_stage_x_norm<BITS, G, kGemvThreads * NGRP>(
+        p, xs, reinterpret_cast<float*>(smem + p.xs_bytes), nw_first);
   else if (p.n_chunks == 1)
-    gemv_stage_x<BITS, G>(p, xs, 0);
+    gemv_stage_x<BITS, G, kGemvThreads * NGRP>(p, xs, 0);
   __syncthreads();
 
   int stage = 0;  // ring stage of the warp's next item
   for (int k = 0; k < my_tiles; k++) {
-    const int tile = blockIdx.x + k * gridDim.x, par = k & 1;
-    if (warp == kMetaWarp && k + 1 < my_tiles)
-      meta = gemv_load_meta<BITS>(p, tile + gridDim.x);
+    const int tile = vblock + k * vgrid, par = k & 1;
+    if (warp == kMetaWarp && k + 1 < my_tiles) meta = gemv_load_meta<BITS>(p, tile + vgrid);
     LutPlanes<BITS> lut0, lut1;
     gemv_lut_planes<BITS>(sh.lut[par] + g * kLutRowBytes<BITS>, lut0);
     gemv_lut_planes<BITS>(sh.lut[par] + (g + 8) * kLutRowBytes<BITS>, lut1);
     int rp_nn[4] = {0, 0, 0, 0};
     if (has_outliers && k + 1 < my_tiles) {
       load_csr(rp_nxt, oe_nxt);
-      if (k + 2 < my_tiles) load_rp(tile + 2 * gridDim.x, rp_nn);
+      if (k + 2 < my_tiles) load_rp(tile + 2 * vgrid, rp_nn);
     }
 
     float acc[2][NTILE][4];
@@ -821,9 +839,9 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
 
     for (int c = 0; c < p.n_chunks; c++) {
       const int item0 = c * p.chunk_items, item1 = min(item0 + p.chunk_items, p.n_items);
-      if (!NORM && p.n_chunks > 1) {
+      if (!NORM && NGRP == 1 && p.n_chunks > 1) {
         __syncthreads();  // everyone is done with the previous chunk
-        gemv_stage_x<BITS, G>(p, xs, c);
+        gemv_stage_x<BITS, G, kGemvThreads>(p, xs, c);
         __syncthreads();
       }
       for (int item = item0 + warp; item < item1; item += kGemvWarps) {
@@ -872,7 +890,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
     for (int i = 0; i < 4; i++) rp_cur[i] = rp_nxt[i], rp_nxt[i] = rp_nn[i];
 #pragma unroll
     for (int rr = 0; rr < 2; rr++) oe_cur[rr] = oe_nxt[rr];
-    __syncthreads();
+    group_sync();
     auto row_sum = [&](int rl, int tok) {
       float s = has_outliers && !outl_own_rows ? sh.outl[par][rl][tok] : 0.0f;
 #pragma unroll
@@ -880,13 +898,13 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
       return s;
     };
     if (p.swiglu_out) {  // rows rl and rl + 8 are gate and up of hidden unit 8 tile + rl
-      if (int(threadIdx.x) < 8 * p.n_tokens) {
-        const int rl = threadIdx.x & 7, tok = threadIdx.x >> 3, hidden = p.rows / 2;
+      if (tid < 8 * p.n_tokens) {
+        const int rl = tid & 7, tok = tid >> 3, hidden = p.rows / 2;
         const float gate = row_sum(rl, tok), up = row_sum(rl + 8, tok);
         p.swiglu_out[int64_t(tok) * hidden + tile * 8 + rl] = f2h(gate / (1.0f + expf(-gate)) * up);
       }
     } else {
-      const int rl = threadIdx.x & 15, tok = threadIdx.x >> 4, r = tile * kTileRows + rl;
+      const int rl = tid & 15, tok = tid >> 4, r = tile * kTileRows + rl;
       float out = 0.0f;
       if (tok < p.n_tokens && r < p.rows) {
         float* y = p.y + int64_t(tok) * p.rows + r;
@@ -1129,16 +1147,26 @@ void allow_smem(Kernel kernel, int bytes) {
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
 
+template <int BITS, int NGRP>
+void init_gemv(int smem) {
+  allow_smem(lut_gemv_kernel<BITS, 1, kItemUnits<BITS>, false, NGRP>, smem);
+  allow_smem(lut_gemv_kernel<BITS, 2, kItemUnits<BITS>, false, NGRP>, smem);
+  allow_smem(lut_gemv_kernel<BITS, 1, kItemUnits<BITS>, true, NGRP>, smem);
+  if constexpr (kItemUnits<BITS> != 2) {
+    allow_smem(lut_gemv_kernel<BITS, 1, 2, false, NGRP>, smem);
+    allow_smem(lut_gemv_kernel<BITS, 2, 2, false, NGRP>, smem);
+    allow_smem(lut_gemv_kernel<BITS, 1, 2, true, NGRP>, smem);
+  }
+  if constexpr (NGRP == 2) {
+    allow_smem(lut_gemv_kernel<BITS, 1, 1, false, 2>, smem);
+    allow_smem(lut_gemv_kernel<BITS, 2, 1, false, 2>, smem);
+  }
+}
+
 template <int BITS>
 void init_bits(int smem) {
-  allow_smem(lut_gemv_kernel<BITS, 1, kItemUnits<BITS>>, smem);
-  allow_smem(lut_gemv_kernel<BITS, 2, kItemUnits<BITS>>, smem);
-  allow_smem(lut_gemv_kernel<BITS, 1, kItemUnits<BITS>, true>, smem);
-  if constexpr (kItemUnits<BITS> != 2) {
-    allow_smem(lut_gemv_kernel<BITS, 1, 2>, smem);
-    allow_smem(lut_gemv_kernel<BITS, 2, 2>, smem);
-    allow_smem(lut_gemv_kernel<BITS, 1, 2, true>, smem);
-  }
+  init_gemv<BITS, 1>(smem);
+  init_gemv<BITS, 2>(smem);
   allow_smem(lut_gemm_kernel<BITS, 128, 128, 4, 4>, smem);
   allow_smem(lut_gemm_kernel<BITS, 64, 64, 2, 2>, smem);
 }
@@ -1164,7 +1192,7 @@ template <typename Kernel>
 int blocks_per_sm(Kernel kernel, int threads, size_t smem) {
   int n = 0;
   CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem));
-  return std::max(n, 1);
+  return n;
 }
 
 LinearParams linear_params(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y) {
@@ -1177,9 +1205,9 @@ LinearParams linear_params(const PackedMatrix& w, const uint16_t* x, int n_token
   return p;
 }
 
-// Parameters and shared memory of lut_gemv_kernel<BITS, NTILE, G, NORM>; returns its blocks
-// per SM.
-template <int BITS, int NTILE, int G, bool NORM = false>
+// Parameters and shared memory of lut_gemv_kernel<BITS, NTILE, G, NORM, NGRP>; returns its
+// blocks per SM (0: it cannot run, as NGRP = 2 when x needs chunks or the block does not fit).
+template <int BITS, int NTILE, int G, bool NORM = false, int NGRP = 1>
 int plan_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
               const LutGemmFusion& f, const DeviceInfo& dev, GemvParamsOf<NORM>& p, size_t& smem) {
   p = GemvParamsOf<NORM>{};
@@ -1191,7 +1219,7 @@ int plan_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
   p.n_tiles = (w.rows + kTileRows - 1) / kTileRows;
 
   const int fixed =
-      int(sizeof(GemvShared<NTILE>)) + kGemvWarps * kStages<NTILE> * kStageBytes<BITS, G>;
+      NGRP * (int(sizeof(GemvShared<NTILE>)) + kGemvWarps * kStages<NTILE> * kStageBytes<BITS, G>);
   const int item_bytes = G * kUnitCols * 2;  // x_s bytes per token per item
   auto xs_bytes = [&](int items) { return n_tokens * (items * item_bytes + 64); };
   p.chunk_items = p.n_items;
@@ -1205,10 +1233,12 @@ int plan_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
   p.x_tok_stride = p.chunk_items * item_bytes + 64;  // == 64 mod 128: conflict-free B loads
   p.xs_bytes = (xs_bytes(p.chunk_items) + 15) / 16 * 16;
   smem = size_t(p.xs_bytes) + fixed;
+  if (NGRP > 1 && (p.n_chunks > 1 || smem > size_t(dev.smem_optin))) return 0;
   if (smem > size_t(dev.smem_optin))
     throw std::runtime_error("lut_gemm_cuda: x does not fit in shared memory (" +
                              std::to_string(smem) + " bytes)");
-  return blocks_per_sm(lut_gemv_kernel<BITS, NTILE, G, NORM>, kGemvThreads, smem);
+  const int n = blocks_per_sm(lut_gemv_kernel<BITS, NTILE, G, NORM, NGRP>, kGemvThreads * NGRP, smem);
+  return NGRP > 1 ? n : std::max(n, 1);
 }
 
 // 3/2 bits: items of 4 units (fewer per-item overheads) unless x leaves room for only one
@@ -1220,7 +1250,7 @@ int plan_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
 // blocks per SM.
 template <bool NORM>
 struct GemvPlan {
-  int g = 0;
+  int g = 0, ngrp = 1;
   GemvParamsOf<NORM> p;
   size_t smem = 0;
   int blocks = 0;
@@ -1237,9 +1267,39 @@ GemvPlan<NORM> choose_gemv(const PackedMatrix& w, const uint16_t* x, int n_token
       GemvPlan<NORM> b;
       b.g = 2;
       b.blocks = plan_gemv<BITS, NTILE, 2, NORM>(w, x, n_tokens, y, f, dev, b.p, b.smem);
-      if ((a.blocks == 1 && b.blocks > 1) || (a.p.n_chunks > 1 && b.p.n_chunks == 1)) return b;
+      if ((a.blocks == 1 && b.blocks > 1) || (a.p.n_chunks > 1 && b.p.n_chunks == 1)) a = b;
     }
   }
+  // Two groups of 8 warps per block sharing x_s (the largest G that fits; G = 1 only where
+  // neither 4 nor 2 does), taken when it runs more warps per SM than the plan above: that
+  // one has a single block of 8 warps because of x (9..16 tokens at K = 4096, 8 at K =
+  // 11008). H100 A/B, 3-bit 0.45%, us: 16 tokens 22016 x 4096 38.6 -> 32.1, 4096 x 4096 10.6
+  // -> 8.8; 8 tokens 4096 x 11008 16.2 -> 13.3 (G = 1). Where one group already has two
+  // blocks per SM (up to 8 tokens at K = 4096, one token at any K) two groups were slower: 7B
+  // 3-bit b1 1.889 -> 2.008 ms, b8 2.383 -> 2.536 (kernels/NOTES_lut_gemv.md section 2).
+  // SQZ_GEMV_GROUPS=1 or 2 in the environment forces one or the other where it can run (for
+  // tests and measurements).
+  const char* env = std::getenv("SQZ_GEMV_GROUPS");
+  const int want = env ? std::atoi(env) : 0;
+  if (want == 1) return a;
+  GemvPlan<NORM> c;
+  c.ngrp = 2;
+  c.g = G;
+  c.blocks = plan_gemv<BITS, NTILE, G, NORM, 2>(w, x, n_tokens, y, f, dev, c.p, c.smem);
+  if constexpr (G != 2) {
+    if (c.blocks == 0) {
+      c.g = 2;
+      c.blocks = plan_gemv<BITS, NTILE, 2, NORM, 2>(w, x, n_tokens, y, f, dev, c.p, c.smem);
+    }
+  }
+  if constexpr (!NORM) {
+    if (c.blocks == 0) {
+      c.g = 1;
+      c.blocks = plan_gemv<BITS, NTILE, 1, NORM, 2>(w, x, n_tokens, y, f, dev, c.p, c.smem);
+    }
+  }
+  if (c.blocks == 0) return a;
+  if (want == 2 || 2 * c.blocks > a.blocks) return c;
   return a;
 }
 
@@ -1251,12 +1311,27 @@ void launch_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* 
     throw std::invalid_argument("lut_gemm_cuda: the norm fusion needs x (" +
                                 std::to_string(n_tokens) + " x " + std::to_string(w.cols) +
                                 ") in shared memory in one piece (lut_gemm_cuda_norm_fusable)");
-  const int grid = std::min(c.p.n_tiles, dev.n_sms * c.blocks);
-  if (c.g == 2)
+  const int grid = std::min((c.p.n_tiles + c.ngrp - 1) / c.ngrp, dev.n_sms * c.blocks);
+  if (c.ngrp == 2) {
+    if constexpr (!NORM) {
+      if (c.g == 1) {
+        launch_pdl(lut_gemv_kernel<BITS, NTILE, 1, false, 2>, grid, 2 * kGemvThreads, c.smem,
+                   stream, c.p);
+        return;
+      }
+    }
+    if (c.g == 2)
+      launch_pdl(lut_gemv_kernel<BITS, NTILE, 2, NORM, 2>, grid, 2 * kGemvThreads, c.smem, stream,
+                 c.p);
+    else
+      launch_pdl(lut_gemv_kernel<BITS, NTILE, kItemUnits<BITS>, NORM, 2>, grid, 2 * kGemvThreads,
+                 c.smem, stream, c.p);
+  } else if (c.g == 2) {
     launch_pdl(lut_gemv_kernel<BITS, NTILE, 2, NORM>, grid, kGemvThreads, c.smem, stream, c.p);
-  else
+  } else {
     launch_pdl(lut_gemv_kernel<BITS, NTILE, kItemUnits<BITS>, NORM>, grid, kGemvThreads, c.smem,
                stream, c.p);
+  }
 }
 
 // Whether the norm variant launch_gemv would launch has x in one chunk.

@@ -25,7 +25,7 @@ if has tests; then
   tail -4 "$log/ctest_cpu.log"
 fi
 if has sanitize; then
-  small='*Small*:*Odd*:*Outlier*:*Dequant*:*ItemsOfTwo*:*Fusion*:*Interleaved*:*FusedRope*:*TopK*:*PrefillSeveral*'
+  small='*Small*:*Odd*:*TwoGroups*:*Outlier*:*Dequant*:*ItemsOfTwo*:*Fusion*:*Interleaved*:*FusedRope*:*TopK*:*PrefillSeveral*'
   for t in build/tests/test_lut_gemv build/tests/test_cuda_kernels build/tests/test_quantize_cuda; do
     [[ -x $t ]] || continue
     compute-sanitizer --tool memcheck --error-exitcode 3 "$t" --gtest_filter="$small" \

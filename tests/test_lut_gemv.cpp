@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -588,6 +589,83 @@ TEST(LutGemmFusion, SumsOfSquaresOut) {
         ASSERT_EQ(ss[size_t(t) * tiles + j], xor_tree_sum(v, 16)) << "token " << t << " tile " << j;
       }
   }
+}
+
+// SQZ_GEMV_GROUPS (kernels/lut_gemv.cu, choose_gemv: the GEMV as one or two groups of 8 warps
+// per block) set for the scope, unset after.
+struct GemvGroups {
+  explicit GemvGroups(const char* v) { setenv("SQZ_GEMV_GROUPS", v, 1); }
+  ~GemvGroups() { unsetenv("SQZ_GEMV_GROUPS"); }
+  GemvGroups(const GemvGroups&) = delete;
+  GemvGroups& operator=(const GemvGroups&) = delete;
+};
+
+// Two groups of 8 warps per block sharing x (what the launcher takes where one group fits
+// only one block per SM): the same bits as one group, for the plain product and every
+// fusion, over odd shapes, 1..16 tokens and every item size (G = 4, 2, and 1 where x is
+// large: 11008 columns at 8 tokens, 4096 at 16 for 4 bits); and the CPU's result.
+TEST(LutGemmCuda, TwoGroupsSameBitsAsOne) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(27);
+  std::normal_distribution<float> nd;
+  struct Shape {
+    int rows, cols;
+  };
+  const Shape shapes[] = {{1, 1}, {7, 13}, {33, 129}, {336, 1000}, {48, 4096}, {40, 11008}};
+  struct Out {
+    std::vector<float> y, sumsq;
+    std::vector<uint16_t> h;
+  };
+  for (int bits : {2, 3, 4})
+    for (Shape s : shapes) {
+      TestMatrix m(s.rows, s.cols, bits, Outliers::MANY, rng);
+      const int tiles = (s.rows + 15) / 16, n_parts = (s.cols + 15) / 16;
+      for (int n : {1, 3, 8, 9, 16}) {
+        SCOPED_TRACE(case_name(s.rows, s.cols, bits, Outliers::MANY, n));
+        {
+          GemvGroups two("2");
+          check_case(m, n, rng, case_name(s.rows, s.cols, bits, Outliers::MANY, n));
+        }
+        std::vector<uint16_t> x16;
+        std::vector<float> x32, y0(size_t(n) * s.rows), xr(size_t(n) * s.cols), w(s.cols),
+            parts(size_t(n) * n_parts);
+        random_x(n, s.cols, rng, x16, x32);
+        for (auto& v : y0) v = nd(rng);
+        for (auto& v : xr) v = nd(rng);
+        for (auto& v : w) v = 1.0f + 0.2f * nd(rng);
+        for (auto& v : parts) v = 16.0f + nd(rng);
+        DeviceBuf<uint16_t> d_x(x16);
+        DeviceBuf<float> d_xr(xr), d_w(w), d_parts(parts);
+        // y (from y0), the sums of squares and the SwiGLU output of fusion f in each form.
+        auto run = [&](const char* groups, LutGemmFusion f, bool sumsq, bool swiglu) {
+          GemvGroups scope(groups);
+          DeviceBuf<float> d_y(y0), d_ss(sumsq ? size_t(n) * tiles : 0);
+          DeviceBuf<uint16_t> d_h(swiglu ? size_t(n) * s.rows / 2 : 0);
+          if (sumsq) f.sumsq_out = d_ss.p;
+          if (swiglu) f.swiglu_out = d_h.p;
+          lut_gemm_cuda(m.dev, f.norm_x ? nullptr : d_x.p, n, swiglu ? nullptr : d_y.p, nullptr,
+                        f);
+          CUDA_CHECK(cudaDeviceSynchronize());
+          return Out{d_y.download(), d_ss.download(), d_h.download()};
+        };
+        auto same = [&](const char* what, LutGemmFusion f, bool sumsq, bool swiglu) {
+          const Out one = run("1", f, sumsq, swiglu), two = run("2", f, sumsq, swiglu);
+          EXPECT_EQ(one.y, two.y) << what;
+          EXPECT_EQ(one.sumsq, two.sumsq) << what;
+          EXPECT_EQ(one.h, two.h) << what;
+        };
+        same("plain", LutGemmFusion{}, false, false);
+        LutGemmFusion acc;
+        acc.accumulate = true;
+        same("accumulate, sums of squares", acc, true, false);
+        if (s.rows % 16 == 0) same("swiglu", LutGemmFusion{}, false, true);
+        if (lut_gemm_cuda_norm_fusable(m.dev, n)) {
+          LutGemmFusion norm;
+          norm.norm_x = d_xr.p, norm.norm_w = d_w.p, norm.norm_sumsq = d_parts.p;
+          same("norm in front", norm, false, false);
+        }
+      }
+    }
 }
 
 TEST(LutGemmFusion, RejectsBadArguments) {
