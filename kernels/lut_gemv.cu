@@ -1160,6 +1160,7 @@ void init_gemv(int smem) {
   if constexpr (NGRP == 2) {
     allow_smem(lut_gemv_kernel<BITS, 1, 1, false, 2>, smem);
     allow_smem(lut_gemv_kernel<BITS, 2, 1, false, 2>, smem);
+    allow_smem(lut_gemv_kernel<BITS, 1, 1, true, 2>, smem);
   }
 }
 
@@ -1237,7 +1238,8 @@ int plan_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
   if (smem > size_t(dev.smem_optin))
     throw std::runtime_error("lut_gemm_cuda: x does not fit in shared memory (" +
                              std::to_string(smem) + " bytes)");
-  const int n = blocks_per_sm(lut_gemv_kernel<BITS, NTILE, G, NORM, NGRP>, kGemvThreads * NGRP, smem);
+  const int n =
+      blocks_per_sm(lut_gemv_kernel<BITS, NTILE, G, NORM, NGRP>, kGemvThreads * NGRP, smem);
   return NGRP > 1 ? n : std::max(n, 1);
 }
 
@@ -1292,11 +1294,9 @@ GemvPlan<NORM> choose_gemv(const PackedMatrix& w, const uint16_t* x, int n_token
       c.blocks = plan_gemv<BITS, NTILE, 2, NORM, 2>(w, x, n_tokens, y, f, dev, c.p, c.smem);
     }
   }
-  if constexpr (!NORM) {
-    if (c.blocks == 0) {
-      c.g = 1;
-      c.blocks = plan_gemv<BITS, NTILE, 1, NORM, 2>(w, x, n_tokens, y, f, dev, c.p, c.smem);
-    }
+  if (c.blocks == 0) {
+    c.g = 1;
+    c.blocks = plan_gemv<BITS, NTILE, 1, NORM, 2>(w, x, n_tokens, y, f, dev, c.p, c.smem);
   }
   if (c.blocks == 0) return a;
   if (want == 2 || 2 * c.blocks > a.blocks) return c;
@@ -1313,14 +1313,10 @@ void launch_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* 
                                 ") in shared memory in one piece (lut_gemm_cuda_norm_fusable)");
   const int grid = std::min((c.p.n_tiles + c.ngrp - 1) / c.ngrp, dev.n_sms * c.blocks);
   if (c.ngrp == 2) {
-    if constexpr (!NORM) {
-      if (c.g == 1) {
-        launch_pdl(lut_gemv_kernel<BITS, NTILE, 1, false, 2>, grid, 2 * kGemvThreads, c.smem,
-                   stream, c.p);
-        return;
-      }
-    }
-    if (c.g == 2)
+    if (c.g == 1)
+      launch_pdl(lut_gemv_kernel<BITS, NTILE, 1, NORM, 2>, grid, 2 * kGemvThreads, c.smem, stream,
+                 c.p);
+    else if (c.g == 2)
       launch_pdl(lut_gemv_kernel<BITS, NTILE, 2, NORM, 2>, grid, 2 * kGemvThreads, c.smem, stream,
                  c.p);
     else

@@ -601,10 +601,12 @@ struct GemvGroups {
 };
 
 // Two groups of 8 warps per block sharing x (what the launcher takes where one group fits
-// only one block per SM): the same bits as one group, for the plain product and every
-// fusion, over odd shapes, 1..16 tokens and every item size (G = 4, 2, and 1 where x is
-// large: 11008 columns at 8 tokens, 4096 at 16 for 4 bits); and the CPU's result.
-TEST(LutGemmCuda, TwoGroupsSameBitsAsOne) {
+// only one block per SM) and one group, each forced where it can run: the CPU's product, and
+// every fusion bit for bit against the same form's plain product (the fusion tests above),
+// over odd shapes, 1..16 tokens and every item size (G = 4, 2, and 1 where x is large: 11008
+// columns at 8 tokens, 4096 at 16 for 4 bits). (The two forms can take different item sizes,
+// which sum in a different order, so their bits are not compared with each other.)
+TEST(LutGemmCuda, TwoGroupsEveryFusion) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(27);
   std::normal_distribution<float> nd;
@@ -612,57 +614,79 @@ TEST(LutGemmCuda, TwoGroupsSameBitsAsOne) {
     int rows, cols;
   };
   const Shape shapes[] = {{1, 1}, {7, 13}, {33, 129}, {336, 1000}, {48, 4096}, {40, 11008}};
-  struct Out {
-    std::vector<float> y, sumsq;
-    std::vector<uint16_t> h;
-  };
+  const float eps = 1e-5f;
   for (int bits : {2, 3, 4})
     for (Shape s : shapes) {
       TestMatrix m(s.rows, s.cols, bits, Outliers::MANY, rng);
-      const int tiles = (s.rows + 15) / 16, n_parts = (s.cols + 15) / 16;
+      const int tiles = (s.rows + 15) / 16, n_parts = (s.cols + 15) / 16, hidden = s.rows / 2;
       for (int n : {1, 3, 8, 9, 16}) {
-        SCOPED_TRACE(case_name(s.rows, s.cols, bits, Outliers::MANY, n));
-        {
-          GemvGroups two("2");
-          check_case(m, n, rng, case_name(s.rows, s.cols, bits, Outliers::MANY, n));
-        }
-        std::vector<uint16_t> x16;
+        std::vector<uint16_t> x16, xn(size_t(n) * s.cols);
         std::vector<float> x32, y0(size_t(n) * s.rows), xr(size_t(n) * s.cols), w(s.cols),
-            parts(size_t(n) * n_parts);
+            parts(size_t(n) * n_parts, 0.0f);
         random_x(n, s.cols, rng, x16, x32);
         for (auto& v : y0) v = nd(rng);
-        for (auto& v : xr) v = nd(rng);
+        for (auto& v : xr) v = 3.0f * nd(rng);
         for (auto& v : w) v = 1.0f + 0.2f * nd(rng);
-        for (auto& v : parts) v = 16.0f + nd(rng);
-        DeviceBuf<uint16_t> d_x(x16);
+        for (int t = 0; t < n; t++) {  // the norm fusion's input, as NormInFront builds it
+          for (int c = 0; c < s.cols; c++) {
+            const float v = xr[size_t(t) * s.cols + c];
+            parts[size_t(t) * n_parts + c / 16] += v * v;
+          }
+          const float sc = kernel_norm_scale(&parts[size_t(t) * n_parts], n_parts, s.cols, eps);
+          for (int c = 0; c < s.cols; c++)
+            xn[size_t(t) * s.cols + c] = f32_to_f16(xr[size_t(t) * s.cols + c] * sc * w[c]);
+        }
+        DeviceBuf<uint16_t> d_x(x16), d_xn(xn);
         DeviceBuf<float> d_xr(xr), d_w(w), d_parts(parts);
-        // y (from y0), the sums of squares and the SwiGLU output of fusion f in each form.
-        auto run = [&](const char* groups, LutGemmFusion f, bool sumsq, bool swiglu) {
-          GemvGroups scope(groups);
-          DeviceBuf<float> d_y(y0), d_ss(sumsq ? size_t(n) * tiles : 0);
-          DeviceBuf<uint16_t> d_h(swiglu ? size_t(n) * s.rows / 2 : 0);
-          if (sumsq) f.sumsq_out = d_ss.p;
-          if (swiglu) f.swiglu_out = d_h.p;
-          lut_gemm_cuda(m.dev, f.norm_x ? nullptr : d_x.p, n, swiglu ? nullptr : d_y.p, nullptr,
-                        f);
+        for (const char* form : {"1", "2"}) {
+          const std::string what =
+              case_name(s.rows, s.cols, bits, Outliers::MANY, n) + " groups " + form;
+          SCOPED_TRACE(what);
+          GemvGroups scope(form);
+          check_case(m, n, rng, what);
+
+          DeviceBuf<float> d_plain(y0);
+          lut_gemm_cuda(m.dev, d_x.p, n, d_plain.p, nullptr);
           CUDA_CHECK(cudaDeviceSynchronize());
-          return Out{d_y.download(), d_ss.download(), d_h.download()};
-        };
-        auto same = [&](const char* what, LutGemmFusion f, bool sumsq, bool swiglu) {
-          const Out one = run("1", f, sumsq, swiglu), two = run("2", f, sumsq, swiglu);
-          EXPECT_EQ(one.y, two.y) << what;
-          EXPECT_EQ(one.sumsq, two.sumsq) << what;
-          EXPECT_EQ(one.h, two.h) << what;
-        };
-        same("plain", LutGemmFusion{}, false, false);
-        LutGemmFusion acc;
-        acc.accumulate = true;
-        same("accumulate, sums of squares", acc, true, false);
-        if (s.rows % 16 == 0) same("swiglu", LutGemmFusion{}, false, true);
-        if (lut_gemm_cuda_norm_fusable(m.dev, n)) {
-          LutGemmFusion norm;
-          norm.norm_x = d_xr.p, norm.norm_w = d_w.p, norm.norm_sumsq = d_parts.p;
-          same("norm in front", norm, false, false);
+          const std::vector<float> plain = d_plain.download();
+
+          DeviceBuf<float> d_acc(y0), d_ss(size_t(n) * tiles);
+          LutGemmFusion acc;
+          acc.accumulate = true, acc.sumsq_out = d_ss.p;
+          lut_gemm_cuda(m.dev, d_x.p, n, d_acc.p, nullptr, acc);
+          CUDA_CHECK(cudaDeviceSynchronize());
+          const std::vector<float> y = d_acc.download(), ss = d_ss.download();
+          for (size_t i = 0; i < y.size(); i++) ASSERT_EQ(y[i], y0[i] + plain[i]) << "i " << i;
+          for (int t = 0; t < n; t++)
+            for (int j = 0; j < tiles; j++) {
+              float v[16];
+              for (int l = 0; l < 16; l++) {
+                const int r = 16 * j + l;
+                const float yr = r < s.rows ? y[size_t(t) * s.rows + r] : 0.0f;
+                v[l] = yr * yr;
+              }
+              ASSERT_EQ(ss[size_t(t) * tiles + j], xor_tree_sum(v, 16)) << "t " << t << " j " << j;
+            }
+
+          if (s.rows % 16 == 0) {
+            DeviceBuf<uint16_t> want(size_t(n) * hidden), got(size_t(n) * hidden);
+            swiglu_cuda(d_plain.p, n, hidden, 8, want.p, nullptr);
+            CUDA_CHECK(cudaMemset(got.p, 0xff, got.n * 2));
+            LutGemmFusion sw;
+            sw.swiglu_out = got.p;
+            lut_gemm_cuda(m.dev, d_x.p, n, nullptr, nullptr, sw);
+            CUDA_CHECK(cudaDeviceSynchronize());
+            EXPECT_EQ(got.download(), want.download()) << "swiglu";
+          }
+
+          if (lut_gemm_cuda_norm_fusable(m.dev, n)) {
+            LutGemmFusion norm;
+            norm.norm_x = d_xr.p, norm.norm_w = d_w.p, norm.norm_sumsq = d_parts.p;
+            norm.norm_eps = eps;
+            EXPECT_EQ(run_fused(m, nullptr, n, norm, y0),
+                      run_fused(m, d_xn.p, n, LutGemmFusion{}, y0))
+                << "norm in front";
+          }
         }
       }
     }
