@@ -466,6 +466,21 @@ TEST(LutGemmFusion, AccumulateIntoY) {
     }
 }
 
+// The SwiGLU fusion's output for x (device) against swiglu_cuda of the unfused product
+// d_plain (device, [n, rows]), bit for bit.
+void expect_swiglu_fusion(const TestMatrix& m, const uint16_t* d_x, const float* d_plain,
+                          int n) {
+  const int hidden = m.rows / 2;
+  DeviceBuf<uint16_t> want(size_t(n) * hidden), got(size_t(n) * hidden);
+  swiglu_cuda(d_plain, n, hidden, 8, want.p, nullptr);
+  CUDA_CHECK(cudaMemset(got.p, 0xff, got.n * 2));
+  LutGemmFusion f;
+  f.swiglu_out = got.p;
+  lut_gemm_cuda(m.dev, d_x, n, nullptr, nullptr, f);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  EXPECT_EQ(got.download(), want.download()) << "swiglu";
+}
+
 // SwiGLU of gate/up rows interleaved by 8: bit for bit swiglu_cuda of the unfused output.
 TEST(LutGemmFusion, SwigluOutput) {
   SKIP_WITHOUT_GPU();
@@ -481,14 +496,7 @@ TEST(LutGemmFusion, SwigluOutput) {
       DeviceBuf<uint16_t> d_x(x16);
       DeviceBuf<float> d_y(size_t(n) * m.rows);
       lut_gemm_cuda(m.dev, d_x.p, n, d_y.p, nullptr);
-      DeviceBuf<uint16_t> want(size_t(n) * hidden), got(size_t(n) * hidden);
-      swiglu_cuda(d_y.p, n, hidden, 8, want.p, nullptr);
-      CUDA_CHECK(cudaMemset(got.p, 0xff, got.n * 2));
-      LutGemmFusion f;
-      f.swiglu_out = got.p;
-      lut_gemm_cuda(m.dev, d_x.p, n, nullptr, nullptr, f);
-      CUDA_CHECK(cudaDeviceSynchronize());
-      EXPECT_EQ(got.download(), want.download());
+      expect_swiglu_fusion(m, d_x.p, d_y.p, n);
     }
 }
 
@@ -515,6 +523,48 @@ float kernel_norm_scale(const float* parts, int n_parts, int cols, float eps) {
   return 1.0f / std::sqrt(xor_tree_sum(v, 32) / float(cols) + eps);
 }
 
+// The norm fusion's inputs for x [n, cols]: the producer's partial sums of squares (parts
+// [n, ceil(cols / 16)]), the scale per token the kernel computes from them
+// (kernel_norm_scale) and x as the kernel stages it, fp16(x * scale * w).
+struct NormInput {
+  std::vector<float> parts, scale;
+  std::vector<uint16_t> xn;
+};
+NormInput norm_input(const std::vector<float>& x, const std::vector<float>& w, int n, int cols,
+                     float eps) {
+  const int n_parts = (cols + 15) / 16;
+  NormInput in{std::vector<float>(size_t(n) * n_parts, 0.0f), std::vector<float>(n),
+               std::vector<uint16_t>(x.size())};
+  for (int t = 0; t < n; t++) {
+    for (int c = 0; c < cols; c++) {
+      const float v = x[size_t(t) * cols + c];
+      in.parts[size_t(t) * n_parts + c / 16] += v * v;
+    }
+    const float sc = kernel_norm_scale(&in.parts[size_t(t) * n_parts], n_parts, cols, eps);
+    in.scale[t] = sc;
+    for (int c = 0; c < cols; c++)
+      in.xn[size_t(t) * cols + c] = f32_to_f16(x[size_t(t) * cols + c] * sc * w[c]);
+  }
+  return in;
+}
+
+// sumsq_out of y [n, rows]: per token and 16-row tile the kernel's 16-lane xor tree of y^2
+// (rows past the end count 0), bit for bit.
+void expect_tile_sumsq(const std::vector<float>& y, const std::vector<float>& ss, int rows,
+                       int n) {
+  const int tiles = (rows + 15) / 16;
+  for (int t = 0; t < n; t++)
+    for (int j = 0; j < tiles; j++) {
+      float v[16];
+      for (int l = 0; l < 16; l++) {
+        const int r = 16 * j + l;
+        const float yr = r < rows ? y[size_t(t) * rows + r] : 0.0f;
+        v[l] = yr * yr;
+      }
+      ASSERT_EQ(ss[size_t(t) * tiles + j], xor_tree_sum(v, 16)) << "token " << t << " tile " << j;
+    }
+}
+
 // RMSNorm in front: the same bits as the plain kernel on x = fp16(norm_x * scale * norm_w)
 // with the scale summed in the kernel's order, and that scale within 1e-6 of the exact one.
 TEST(LutGemmFusion, NormInFront) {
@@ -529,27 +579,22 @@ TEST(LutGemmFusion, NormInFront) {
                      std::to_string(n));
         TestMatrix m(333, cols, bits, Outliers::MANY, rng);
         ASSERT_TRUE(lut_gemm_cuda_norm_fusable(m.dev, n));
-        const int n_parts = (cols + 15) / 16;
-        std::vector<float> x(size_t(n) * cols), w(cols), parts(size_t(n) * n_parts, 0.0f);
+        std::vector<float> x(size_t(n) * cols), w(cols);
         for (auto& v : x) v = 3.0f * nd(rng);
         for (auto& v : w) v = 1.0f + 0.2f * nd(rng);
-        std::vector<uint16_t> xn(x.size());
+        const NormInput in = norm_input(x, w, n, cols, eps);
         for (int t = 0; t < n; t++) {
           double exact = 0;
           for (int c = 0; c < cols; c++) {
-            const float v = x[size_t(t) * cols + c];
-            parts[size_t(t) * n_parts + c / 16] += v * v;
-            exact += double(v) * v;
+            const double v = x[size_t(t) * cols + c];
+            exact += v * v;
           }
-          const float sc = kernel_norm_scale(&parts[size_t(t) * n_parts], n_parts, cols, eps);
-          EXPECT_NEAR(sc, 1.0 / std::sqrt(exact / cols + eps), 1e-6 * sc);
-          for (int c = 0; c < cols; c++)
-            xn[size_t(t) * cols + c] = f32_to_f16(x[size_t(t) * cols + c] * sc * w[c]);
+          EXPECT_NEAR(in.scale[t], 1.0 / std::sqrt(exact / cols + eps), 1e-6 * in.scale[t]);
         }
-        DeviceBuf<uint16_t> d_xn(xn);
+        DeviceBuf<uint16_t> d_xn(in.xn);
         const std::vector<float> y0(size_t(n) * m.rows, 0.0f);
         const std::vector<float> want = run_fused(m, d_xn.p, n, LutGemmFusion{}, y0);
-        DeviceBuf<float> d_x(x), d_w(w), d_parts(parts);
+        DeviceBuf<float> d_x(x), d_w(w), d_parts(in.parts);
         LutGemmFusion f;
         f.norm_x = d_x.p, f.norm_w = d_w.p, f.norm_sumsq = d_parts.p, f.norm_eps = eps;
         EXPECT_EQ(run_fused(m, nullptr, n, f, y0), want);
@@ -577,17 +622,7 @@ TEST(LutGemmFusion, SumsOfSquaresOut) {
     f.accumulate = true, f.sumsq_out = d_ss.p;
     lut_gemm_cuda(m.dev, d_x.p, n, d_y.p, nullptr, f);
     CUDA_CHECK(cudaDeviceSynchronize());
-    const std::vector<float> y = d_y.download(), ss = d_ss.download();
-    for (int t = 0; t < n; t++)
-      for (int j = 0; j < tiles; j++) {
-        float v[16];
-        for (int l = 0; l < 16; l++) {
-          const int r = 16 * j + l;
-          const float yr = r < m.rows ? y[size_t(t) * m.rows + r] : 0.0f;
-          v[l] = yr * yr;
-        }
-        ASSERT_EQ(ss[size_t(t) * tiles + j], xor_tree_sum(v, 16)) << "token " << t << " tile " << j;
-      }
+    expect_tile_sumsq(d_y.download(), d_ss.download(), m.rows, n);
   }
 }
 
@@ -618,26 +653,17 @@ TEST(LutGemmCuda, TwoGroupsEveryFusion) {
   for (int bits : {2, 3, 4})
     for (Shape s : shapes) {
       TestMatrix m(s.rows, s.cols, bits, Outliers::MANY, rng);
-      const int tiles = (s.rows + 15) / 16, n_parts = (s.cols + 15) / 16, hidden = s.rows / 2;
+      const int tiles = (s.rows + 15) / 16;
       for (int n : {1, 3, 8, 9, 16}) {
-        std::vector<uint16_t> x16, xn(size_t(n) * s.cols);
-        std::vector<float> x32, y0(size_t(n) * s.rows), xr(size_t(n) * s.cols), w(s.cols),
-            parts(size_t(n) * n_parts, 0.0f);
+        std::vector<uint16_t> x16;
+        std::vector<float> x32, y0(size_t(n) * s.rows), xr(size_t(n) * s.cols), w(s.cols);
         random_x(n, s.cols, rng, x16, x32);
         for (auto& v : y0) v = nd(rng);
         for (auto& v : xr) v = 3.0f * nd(rng);
         for (auto& v : w) v = 1.0f + 0.2f * nd(rng);
-        for (int t = 0; t < n; t++) {  // the norm fusion's input, as NormInFront builds it
-          for (int c = 0; c < s.cols; c++) {
-            const float v = xr[size_t(t) * s.cols + c];
-            parts[size_t(t) * n_parts + c / 16] += v * v;
-          }
-          const float sc = kernel_norm_scale(&parts[size_t(t) * n_parts], n_parts, s.cols, eps);
-          for (int c = 0; c < s.cols; c++)
-            xn[size_t(t) * s.cols + c] = f32_to_f16(xr[size_t(t) * s.cols + c] * sc * w[c]);
-        }
-        DeviceBuf<uint16_t> d_x(x16), d_xn(xn);
-        DeviceBuf<float> d_xr(xr), d_w(w), d_parts(parts);
+        const NormInput in = norm_input(xr, w, n, s.cols, eps);
+        DeviceBuf<uint16_t> d_x(x16), d_xn(in.xn);
+        DeviceBuf<float> d_xr(xr), d_w(w), d_parts(in.parts);
         for (const char* form : {"1", "2"}) {
           const std::string what =
               case_name(s.rows, s.cols, bits, Outliers::MANY, n) + " groups " + form;
@@ -655,29 +681,11 @@ TEST(LutGemmCuda, TwoGroupsEveryFusion) {
           acc.accumulate = true, acc.sumsq_out = d_ss.p;
           lut_gemm_cuda(m.dev, d_x.p, n, d_acc.p, nullptr, acc);
           CUDA_CHECK(cudaDeviceSynchronize());
-          const std::vector<float> y = d_acc.download(), ss = d_ss.download();
+          const std::vector<float> y = d_acc.download();
           for (size_t i = 0; i < y.size(); i++) ASSERT_EQ(y[i], y0[i] + plain[i]) << "i " << i;
-          for (int t = 0; t < n; t++)
-            for (int j = 0; j < tiles; j++) {
-              float v[16];
-              for (int l = 0; l < 16; l++) {
-                const int r = 16 * j + l;
-                const float yr = r < s.rows ? y[size_t(t) * s.rows + r] : 0.0f;
-                v[l] = yr * yr;
-              }
-              ASSERT_EQ(ss[size_t(t) * tiles + j], xor_tree_sum(v, 16)) << "t " << t << " j " << j;
-            }
+          expect_tile_sumsq(y, d_ss.download(), s.rows, n);
 
-          if (s.rows % 16 == 0) {
-            DeviceBuf<uint16_t> want(size_t(n) * hidden), got(size_t(n) * hidden);
-            swiglu_cuda(d_plain.p, n, hidden, 8, want.p, nullptr);
-            CUDA_CHECK(cudaMemset(got.p, 0xff, got.n * 2));
-            LutGemmFusion sw;
-            sw.swiglu_out = got.p;
-            lut_gemm_cuda(m.dev, d_x.p, n, nullptr, nullptr, sw);
-            CUDA_CHECK(cudaDeviceSynchronize());
-            EXPECT_EQ(got.download(), want.download()) << "swiglu";
-          }
+          if (s.rows % 16 == 0) expect_swiglu_fusion(m, d_x.p, d_plain.p, n);
 
           if (lut_gemm_cuda_norm_fusable(m.dev, n)) {
             LutGemmFusion norm;
