@@ -1147,27 +1147,38 @@ void allow_smem(Kernel kernel, int bytes) {
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
 
-template <int BITS, int NGRP>
-void init_gemv(int smem) {
-  allow_smem(lut_gemv_kernel<BITS, 1, kItemUnits<BITS>, false, NGRP>, smem);
-  allow_smem(lut_gemv_kernel<BITS, 2, kItemUnits<BITS>, false, NGRP>, smem);
-  allow_smem(lut_gemv_kernel<BITS, 1, kItemUnits<BITS>, true, NGRP>, smem);
-  if constexpr (kItemUnits<BITS> != 2) {
-    allow_smem(lut_gemv_kernel<BITS, 1, 2, false, NGRP>, smem);
-    allow_smem(lut_gemv_kernel<BITS, 2, 2, false, NGRP>, smem);
-    allow_smem(lut_gemv_kernel<BITS, 1, 2, true, NGRP>, smem);
-  }
-  if constexpr (NGRP == 2) {
-    allow_smem(lut_gemv_kernel<BITS, 1, 1, false, 2>, smem);
-    allow_smem(lut_gemv_kernel<BITS, 2, 1, false, 2>, smem);
-    allow_smem(lut_gemv_kernel<BITS, 1, 1, true, 2>, smem);
-  }
+template <bool NORM>
+using GemvKernel = void (*)(GemvParamsOf<NORM>);
+
+// The GEMV instantiation for items of g units and ngrp groups of 8 warps: g = kItemUnits or
+// 2 (3/2 bits), and 1 with two groups (choose_gemv). Launch, occupancy and the shared-memory
+// limit all take their kernel from here.
+template <int BITS, int NTILE, bool NORM>
+GemvKernel<NORM> gemv_kernel(int g, int ngrp) {
+  constexpr int G = kItemUnits<BITS>;
+  if (g == G) return ngrp == 2 ? lut_gemv_kernel<BITS, NTILE, G, NORM, 2>
+                               : lut_gemv_kernel<BITS, NTILE, G, NORM>;
+  if (g == 2) return ngrp == 2 ? lut_gemv_kernel<BITS, NTILE, 2, NORM, 2>
+                               : lut_gemv_kernel<BITS, NTILE, 2, NORM>;
+  if (g == 1 && ngrp == 2) return lut_gemv_kernel<BITS, NTILE, 1, NORM, 2>;
+  throw std::logic_error("lut_gemm_cuda: no GEMV kernel for items of " + std::to_string(g) +
+                         " units in " + std::to_string(ngrp) + " groups");
+}
+
+// Every kernel gemv_kernel gives for NTILE and NORM: G, G / 2, ..., 1 units per item (1 only
+// with two groups).
+template <int BITS, int NTILE, bool NORM>
+void allow_smem_gemv(int smem) {
+  for (int ngrp : {1, 2})
+    for (int g = kItemUnits<BITS>; g >= (ngrp == 2 ? 1 : 2); g /= 2)
+      allow_smem(gemv_kernel<BITS, NTILE, NORM>(g, ngrp), smem);
 }
 
 template <int BITS>
 void init_bits(int smem) {
-  init_gemv<BITS, 1>(smem);
-  init_gemv<BITS, 2>(smem);
+  allow_smem_gemv<BITS, 1, false>(smem);
+  allow_smem_gemv<BITS, 2, false>(smem);
+  allow_smem_gemv<BITS, 1, true>(smem);
   allow_smem(lut_gemm_kernel<BITS, 128, 128, 4, 4>, smem);
   allow_smem(lut_gemm_kernel<BITS, 64, 64, 2, 2>, smem);
 }
@@ -1206,22 +1217,34 @@ LinearParams linear_params(const PackedMatrix& w, const uint16_t* x, int n_token
   return p;
 }
 
-// Parameters and shared memory of lut_gemv_kernel<BITS, NTILE, G, NORM, NGRP>; returns its
-// blocks per SM (0: it cannot run, as NGRP = 2 when x needs chunks or the block does not fit).
-template <int BITS, int NTILE, int G, bool NORM = false, int NGRP = 1>
-int plan_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
-              const LutGemmFusion& f, const DeviceInfo& dev, GemvParamsOf<NORM>& p, size_t& smem) {
-  p = GemvParamsOf<NORM>{};
+// The GEMV launch launch_gemv makes: g (units per item), ngrp (groups of 8 warps), its
+// parameters, shared memory and blocks per SM.
+template <bool NORM>
+struct GemvPlan {
+  int g = 0, ngrp = 1;
+  GemvParamsOf<NORM> p{};
+  size_t smem = 0;
+  int blocks = 0;
+};
+
+// The plan of gemv_kernel(g, ngrp); blocks = 0 where it cannot run (two groups when x needs
+// chunks or the block does not fit).
+template <int BITS, int NTILE, bool NORM>
+GemvPlan<NORM> plan_gemv(int g, int ngrp, const PackedMatrix& w, const uint16_t* x, int n_tokens,
+                         float* y, const LutGemmFusion& f, const DeviceInfo& dev) {
+  GemvPlan<NORM> c;
+  c.g = g, c.ngrp = ngrp;
+  GemvParamsOf<NORM>& p = c.p;
   static_cast<LinearParams&>(p) = linear_params(w, x, n_tokens, y);
   p.accumulate = f.accumulate, p.swiglu_out = f.swiglu_out, p.sumsq_out = f.sumsq_out;
   if constexpr (NORM)
     p.norm_x = f.norm_x, p.norm_w = f.norm_w, p.norm_sumsq = f.norm_sumsq, p.norm_eps = f.norm_eps;
-  p.n_items = (p.n_units + G - 1) / G;
+  p.n_items = (p.n_units + g - 1) / g;
   p.n_tiles = (w.rows + kTileRows - 1) / kTileRows;
 
-  const int fixed =
-      NGRP * (int(sizeof(GemvShared<NTILE>)) + kGemvWarps * kStages<NTILE> * kStageBytes<BITS, G>);
-  const int item_bytes = G * kUnitCols * 2;  // x_s bytes per token per item
+  const int fixed = ngrp * (int(sizeof(GemvShared<NTILE>)) +
+                            kGemvWarps * kStages<NTILE> * g * kStageBytes<BITS, 1>);
+  const int item_bytes = g * kUnitCols * 2;  // x_s bytes per token per item
   auto xs_bytes = [&](int items) { return n_tokens * (items * item_bytes + 64); };
   p.chunk_items = p.n_items;
   if (xs_bytes(p.n_items) + fixed > dev.smem_optin) {
@@ -1233,14 +1256,15 @@ int plan_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
   p.n_chunks = (p.n_items + p.chunk_items - 1) / p.chunk_items;
   p.x_tok_stride = p.chunk_items * item_bytes + 64;  // == 64 mod 128: conflict-free B loads
   p.xs_bytes = (xs_bytes(p.chunk_items) + 15) / 16 * 16;
-  smem = size_t(p.xs_bytes) + fixed;
-  if (NGRP > 1 && (p.n_chunks > 1 || smem > size_t(dev.smem_optin))) return 0;
-  if (smem > size_t(dev.smem_optin))
+  c.smem = size_t(p.xs_bytes) + fixed;
+  if (ngrp > 1 && (p.n_chunks > 1 || c.smem > size_t(dev.smem_optin))) return c;
+  if (c.smem > size_t(dev.smem_optin))
     throw std::runtime_error("lut_gemm_cuda: x does not fit in shared memory (" +
-                             std::to_string(smem) + " bytes)");
+                             std::to_string(c.smem) + " bytes)");
   const int n =
-      blocks_per_sm(lut_gemv_kernel<BITS, NTILE, G, NORM, NGRP>, kGemvThreads * NGRP, smem);
-  return NGRP > 1 ? n : std::max(n, 1);
+      blocks_per_sm(gemv_kernel<BITS, NTILE, NORM>(g, ngrp), kGemvThreads * ngrp, c.smem);
+  c.blocks = ngrp > 1 ? n : std::max(n, 1);
+  return c;
 }
 
 // 3/2 bits: items of 4 units (fewer per-item overheads) unless x leaves room for only one
@@ -1248,29 +1272,17 @@ int plan_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
 // x of 64 KB at K = 4096 (2 blocks per SM instead of 1) or 172 KB at K = 11008 (one chunk
 // instead of two). Measured: tg128 batch 8 on LLaMA-7B 3-bit 5.05 -> 3.75 ms per step. Not
 // otherwise: at one token, 3 blocks of G = 2 against 2 of G = 4 (down, K = 11008) was 20% slower.
-// The GEMV launch launch_gemv makes: G (units per item), its parameters, shared memory and
-// blocks per SM.
-template <bool NORM>
-struct GemvPlan {
-  int g = 0, ngrp = 1;
-  GemvParamsOf<NORM> p;
-  size_t smem = 0;
-  int blocks = 0;
-};
 template <int BITS, int NTILE, bool NORM>
 GemvPlan<NORM> choose_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
                            const LutGemmFusion& f, const DeviceInfo& dev) {
   constexpr int G = kItemUnits<BITS>;
-  GemvPlan<NORM> a;
-  a.g = G;
-  a.blocks = plan_gemv<BITS, NTILE, G, NORM>(w, x, n_tokens, y, f, dev, a.p, a.smem);
-  if constexpr (G != 2) {
-    if (a.blocks == 1 || a.p.n_chunks > 1) {  // else there is nothing G = 2 could improve
-      GemvPlan<NORM> b;
-      b.g = 2;
-      b.blocks = plan_gemv<BITS, NTILE, 2, NORM>(w, x, n_tokens, y, f, dev, b.p, b.smem);
-      if ((a.blocks == 1 && b.blocks > 1) || (a.p.n_chunks > 1 && b.p.n_chunks == 1)) a = b;
-    }
+  auto plan = [&](int g, int ngrp) {
+    return plan_gemv<BITS, NTILE, NORM>(g, ngrp, w, x, n_tokens, y, f, dev);
+  };
+  GemvPlan<NORM> a = plan(G, 1);
+  if (G != 2 && (a.blocks == 1 || a.p.n_chunks > 1)) {  // else there is nothing G = 2 could improve
+    const GemvPlan<NORM> b = plan(2, 1);
+    if ((a.blocks == 1 && b.blocks > 1) || (a.p.n_chunks > 1 && b.p.n_chunks == 1)) a = b;
   }
   // Two groups of 8 warps per block sharing x_s (the largest G that fits; G = 1 only where
   // neither 4 nor 2 does), taken when it runs more warps per SM than the plan above: that
@@ -1285,19 +1297,7 @@ GemvPlan<NORM> choose_gemv(const PackedMatrix& w, const uint16_t* x, int n_token
   const int want = env ? std::atoi(env) : 0;
   if (want == 1) return a;
   GemvPlan<NORM> c;
-  c.ngrp = 2;
-  c.g = G;
-  c.blocks = plan_gemv<BITS, NTILE, G, NORM, 2>(w, x, n_tokens, y, f, dev, c.p, c.smem);
-  if constexpr (G != 2) {
-    if (c.blocks == 0) {
-      c.g = 2;
-      c.blocks = plan_gemv<BITS, NTILE, 2, NORM, 2>(w, x, n_tokens, y, f, dev, c.p, c.smem);
-    }
-  }
-  if (c.blocks == 0) {
-    c.g = 1;
-    c.blocks = plan_gemv<BITS, NTILE, 1, NORM, 2>(w, x, n_tokens, y, f, dev, c.p, c.smem);
-  }
+  for (int g = G; g >= 1 && c.blocks == 0; g /= 2) c = plan(g, 2);
   if (c.blocks == 0) return a;
   if (want == 2 || 2 * c.blocks > a.blocks) return c;
   return a;
@@ -1312,22 +1312,8 @@ void launch_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* 
                                 std::to_string(n_tokens) + " x " + std::to_string(w.cols) +
                                 ") in shared memory in one piece (lut_gemm_cuda_norm_fusable)");
   const int grid = std::min((c.p.n_tiles + c.ngrp - 1) / c.ngrp, dev.n_sms * c.blocks);
-  if (c.ngrp == 2) {
-    if (c.g == 1)
-      launch_pdl(lut_gemv_kernel<BITS, NTILE, 1, NORM, 2>, grid, 2 * kGemvThreads, c.smem, stream,
-                 c.p);
-    else if (c.g == 2)
-      launch_pdl(lut_gemv_kernel<BITS, NTILE, 2, NORM, 2>, grid, 2 * kGemvThreads, c.smem, stream,
-                 c.p);
-    else
-      launch_pdl(lut_gemv_kernel<BITS, NTILE, kItemUnits<BITS>, NORM, 2>, grid, 2 * kGemvThreads,
-                 c.smem, stream, c.p);
-  } else if (c.g == 2) {
-    launch_pdl(lut_gemv_kernel<BITS, NTILE, 2, NORM>, grid, kGemvThreads, c.smem, stream, c.p);
-  } else {
-    launch_pdl(lut_gemv_kernel<BITS, NTILE, kItemUnits<BITS>, NORM>, grid, kGemvThreads, c.smem,
-               stream, c.p);
-  }
+  launch_pdl(gemv_kernel<BITS, NTILE, NORM>(c.g, c.ngrp), grid, kGemvThreads * c.ngrp, c.smem,
+             stream, c.p);
 }
 
 // Whether the norm variant launch_gemv would launch has x in one chunk.
