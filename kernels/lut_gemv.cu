@@ -572,7 +572,9 @@ __device__ __forceinline__ int warp_transpose_index(int lane) {
 // kernels without it keep their code (the GEMV sits near its register cap).
 // NGRP: groups of 8 warps per block (1 or 2). The groups share x_s, staged once by the
 // whole block, and each walks its own tiles as a block of NGRP = 1 would (group gr of block b
-// as block NGRP b + gr of a grid NGRP times larger), with its own barrier; x in one chunk.
+// as block b + gr gridDim.x of a grid NGRP times larger, so that the first round's extra
+// tiles go to the groups 0 of different blocks, one per SM), with its own barrier; x in one
+// chunk.
 template <int BITS, int NTILE, int G, bool NORM = false, int NGRP = 1>
 __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
     lut_gemv_kernel(const GemvParamsOf<NORM> p) {
@@ -585,7 +587,7 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
   const int tid = NGRP == 1 ? int(threadIdx.x) : int(threadIdx.x) % kGemvThreads;
   GemvShared<NTILE>& sh = reinterpret_cast<GemvShared<NTILE>*>(smem + p.xs_bytes)[grp];
   // The group's place in the grid of groups.
-  const int vblock = int(blockIdx.x) * NGRP + grp, vgrid = int(gridDim.x) * NGRP;
+  const int vblock = int(blockIdx.x) + grp * int(gridDim.x), vgrid = int(gridDim.x) * NGRP;
   auto group_sync = [&]() {
     if constexpr (NGRP == 1)
       __syncthreads();
