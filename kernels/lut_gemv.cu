@@ -320,17 +320,42 @@ struct GemvNormParams : GemvParams {
 template <bool NORM>
 using GemvParamsOf = std::conditional_t<NORM, GemvNormParams, GemvParams>;
 
-// Shared memory of the GEMV kernel after x_s: partial tiles, outlier sums, LUT rows. Rows of
-// the partial tiles are 8 NTILE + 2 floats apart, so that the epilogue's threads (a row each,
-// up to 16 rows for one token) read 16 different banks: 8 NTILE apart, rows 4 apart shared a
-// bank (4x the wavefronts, ncu). Even, so the float2 stores stay aligned.
-template <int NTILE>
-constexpr int kRedRow = 8 * NTILE + 2;
+// Shared memory of the GEMV kernel after x_s: partial tiles, outlier sums, LUT rows. The
+// partial tiles' rows (8 NTILE tokens) are laid out so that the epilogue's threads (a row
+// each) read different banks: plain rows of 8 NTILE floats had rows 4 apart on one bank (4x
+// the wavefronts, ncu). Two layouts:
+// - padded: rows 8 NTILE + 2 floats apart (even, so the float2 stores stay aligned);
+// - compact (COMPACT): rows of 8 NTILE floats, the columns swizzled by the row (red_col;
+//   no conflicts in the stores nor in the reads), 2.3 KB less per group. Only for items of
+//   one unit at up to 8 tokens (compact_red), where the padding is what kept two groups of
+//   4-bit items from fitting at 8 tokens and K = 11008 (4-bit 4096 x 11008 at 8 tokens 19.16
+//   -> 16.52 us, H100). Used everywhere, it was slower elsewhere (3-bit 0.45% 22016 x 4096: 8
+//   tokens 24.17 -> 25.19 us, 16 tokens 30.35 -> 31.71), and so were the padded rows with
+//   the swizzle's instructions added (25.27, 32.41): the few integer ops per tile cost it,
+//   not the banks.
+template <int NTILE, int G>
+constexpr bool compact_red() {
+  return NTILE == 1 && G == 1;
+}
 
-template <int NTILE>
+template <int NTILE, bool COMPACT>
+constexpr int kRedRow = COMPACT ? 8 * NTILE : 8 * NTILE + 2;
+
+template <int NTILE, bool COMPACT>
+__device__ __forceinline__ int red_col(int row, int col) {
+  if constexpr (!COMPACT)
+    return col;
+  else if constexpr (NTILE == 1)
+    return col ^ ((row & 4) | (row >> 2 & 2));  // row bits 2, 3 -> column bits 2, 1
+  else
+    return col ^ ((row & 2) << 2 | (row & 4) | (row >> 2 & 2));  // row bits 1-3 -> 3-1
+}
+
+template <int NTILE, bool COMPACT = false>
 struct alignas(16) GemvShared {
-  float red[2][kGemvWarps][kTileRows][kRedRow<NTILE>];  // [tile parity][warp][row][token]
-  float outl[2][kTileRows][kRedRow<NTILE>];
+  static constexpr int kRow = kRedRow<NTILE, COMPACT>;
+  float red[2][kGemvWarps][kTileRows][kRow];  // [tile parity][warp][row][token]
+  float outl[2][kTileRows][kRow];
   uint8_t lut[2][kTileRows * 32];
   uint8_t xs_perm[128];  // xs_offset of columns 0..127 (the outlier path's lookup)
 };
@@ -509,9 +534,9 @@ __device__ __forceinline__ TileMeta<BITS> gemv_load_meta(const GemvParams& p, in
   return m;
 }
 
-template <int BITS, int NTILE>
-__device__ __forceinline__ void gemv_store_meta(const TileMeta<BITS>& m, GemvShared<NTILE>& sh,
-                                                int buf) {
+template <int BITS, int NTILE, bool COMPACT>
+__device__ __forceinline__ void gemv_store_meta(const TileMeta<BITS>& m,
+                                                GemvShared<NTILE, COMPACT>& sh, int buf) {
   // 3 and 2 bits: stored as byte planes, so each warp loads a row's LutPlanes with one load:
   // row r = lo[0..P) hi[0..P) (P = kLutPlanes); chunk i (entries 4c..4c+3 of row i / P) gives
   // lo[c] and hi[c]. 4 bits: the entries as they are, each warp makes the planes (with the
@@ -585,7 +610,9 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
   uint8_t* xs = smem;
   const int grp = NGRP == 1 ? 0 : int(threadIdx.x) / kGemvThreads;
   const int tid = NGRP == 1 ? int(threadIdx.x) : int(threadIdx.x) % kGemvThreads;
-  GemvShared<NTILE>& sh = reinterpret_cast<GemvShared<NTILE>*>(smem + p.xs_bytes)[grp];
+  constexpr bool COMPACT = compact_red<NTILE, G>();
+  using Shared = GemvShared<NTILE, COMPACT>;
+  Shared& sh = reinterpret_cast<Shared*>(smem + p.xs_bytes)[grp];
   // The group's place in the grid of groups.
   const int vblock = int(blockIdx.x) + grp * int(gridDim.x), vgrid = int(gridDim.x) * NGRP;
   auto group_sync = [&]() {
@@ -621,7 +648,7 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
   // the end are the layout's zero padding (their sums are discarded); units past the end are
   // zero-filled (index 0, against x = 0).
   const int n_mine = warp < p.n_items ? (p.n_items - warp + kGemvWarps - 1) / kGemvWarps : 0;
-  uint8_t* ring = smem + p.xs_bytes + NGRP * sizeof(GemvShared<NTILE>) +
+  uint8_t* ring = smem + p.xs_bytes + NGRP * sizeof(Shared) +
                  (grp * kGemvWarps + warp) * kStages<NTILE> * kStageBytes<BITS, G>;
   constexpr int kQ = BITS == 4 ? 16 : 8;               // part-1 bytes of a quarter
   constexpr int kBlock = gpu_tiled_unit_stride(BITS);  // a unit of the tile's 16 rows
@@ -834,7 +861,8 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
         for (int rr = 0; rr < 2; rr++) {
           const float v = warp_transpose_sum<NT8>(s[rr], lane);
           const int tok = warp_transpose_index<NT8>(lane);
-          if (tok >= 0 && tok < p.n_tokens) sh.outl[par][warp + 8 * rr][tok] = v;
+          const int row = warp + 8 * rr;
+          if (tok >= 0 && tok < p.n_tokens) sh.outl[par][row][red_col<NTILE, COMPACT>(row, tok)] = v;
         }
       }
     }
@@ -881,9 +909,10 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
     if (outl_own_rows && has_outliers) acc[0][0][0] += o_sum[0], acc[0][0][2] += o_sum[1];
 #pragma unroll
     for (int nt = 0; nt < NTILE; nt++) {
-      *reinterpret_cast<float2*>(&sh.red[par][warp][g][nt * 8 + 2 * t]) =
+      *reinterpret_cast<float2*>(&sh.red[par][warp][g][red_col<NTILE, COMPACT>(g, nt * 8 + 2 * t)]) =
           make_float2(acc[0][nt][0] + acc[1][nt][0], acc[0][nt][1] + acc[1][nt][1]);
-      *reinterpret_cast<float2*>(&sh.red[par][warp][g + 8][nt * 8 + 2 * t]) =
+      *reinterpret_cast<float2*>(
+          &sh.red[par][warp][g + 8][red_col<NTILE, COMPACT>(g + 8, nt * 8 + 2 * t)]) =
           make_float2(acc[0][nt][2] + acc[1][nt][2], acc[0][nt][3] + acc[1][nt][3]);
     }
     if (warp == kMetaWarp && k + 1 < my_tiles)
@@ -894,9 +923,10 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
     for (int rr = 0; rr < 2; rr++) oe_cur[rr] = oe_nxt[rr];
     group_sync();
     auto row_sum = [&](int rl, int tok) {
-      float s = has_outliers && !outl_own_rows ? sh.outl[par][rl][tok] : 0.0f;
+      const int c = red_col<NTILE, COMPACT>(rl, tok);
+      float s = has_outliers && !outl_own_rows ? sh.outl[par][rl][c] : 0.0f;
 #pragma unroll
-      for (int w = 0; w < kGemvWarps; w++) s += sh.red[par][w][rl][tok];
+      for (int w = 0; w < kGemvWarps; w++) s += sh.red[par][w][rl][c];
       return s;
     };
     if (p.swiglu_out) {  // rows rl and rl + 8 are gate and up of hidden unit 8 tile + rl
@@ -1229,6 +1259,14 @@ struct GemvPlan {
   int blocks = 0;
 };
 
+// sizeof(GemvShared) of the kernel with items of g units.
+template <int NTILE>
+int gemv_shared_bytes(int g) {
+  if (g == 1) return int(sizeof(GemvShared<NTILE, compact_red<NTILE, 1>()>));
+  if (g == 2) return int(sizeof(GemvShared<NTILE, compact_red<NTILE, 2>()>));
+  return int(sizeof(GemvShared<NTILE, compact_red<NTILE, 4>()>));
+}
+
 // The plan of gemv_kernel(g, ngrp); blocks = 0 where it cannot run (two groups when x needs
 // chunks or the block does not fit).
 template <int BITS, int NTILE, bool NORM>
@@ -1244,7 +1282,7 @@ GemvPlan<NORM> plan_gemv(int g, int ngrp, const PackedMatrix& w, const uint16_t*
   p.n_items = (p.n_units + g - 1) / g;
   p.n_tiles = (w.rows + kTileRows - 1) / kTileRows;
 
-  const int fixed = ngrp * (int(sizeof(GemvShared<NTILE>)) +
+  const int fixed = ngrp * (gemv_shared_bytes<NTILE>(g) +
                             kGemvWarps * kStages<NTILE> * g * kStageBytes<BITS, 1>);
   const int item_bytes = g * kUnitCols * 2;  // x_s bytes per token per item
   auto xs_bytes = [&](int items) { return n_tokens * (items * item_bytes + 64); };
