@@ -639,7 +639,8 @@ struct GemvGroups {
 // only one block per SM) and one group, each forced where it can run: the CPU's product, and
 // every fusion bit for bit against the same form's plain product (the fusion tests above),
 // over odd shapes, 1..16 tokens and every item size (G = 4, 2, and 1 where x is large: 11008
-// columns at 8 tokens, 4096 at 16 for 4 bits). (The two forms can take different item sizes,
+// columns at 8 tokens, 4096 at 16 for 4 bits; at 8 tokens with the compact partial tiles, whose
+// SwiGLU epilogue the 32 x 11008 shape checks). (The two forms can take different item sizes,
 // which sum in a different order, so their bits are not compared with each other.)
 TEST(LutGemmCuda, TwoGroupsEveryFusion) {
   SKIP_WITHOUT_GPU();
@@ -648,7 +649,8 @@ TEST(LutGemmCuda, TwoGroupsEveryFusion) {
   struct Shape {
     int rows, cols;
   };
-  const Shape shapes[] = {{1, 1}, {7, 13}, {33, 129}, {336, 1000}, {48, 4096}, {40, 11008}};
+  const Shape shapes[] = {{1, 1},     {7, 13},     {33, 129},  {336, 1000},
+                          {48, 4096}, {40, 11008}, {32, 11008}};
   const float eps = 1e-5f;
   for (int bits : {2, 3, 4})
     for (Shape s : shapes) {
