@@ -341,14 +341,16 @@ constexpr bool compact_red() {
 template <int NTILE, bool COMPACT>
 constexpr int kRedRow = COMPACT ? 8 * NTILE : 8 * NTILE + 2;
 
+// The column of token col in row `row` of a partial tile. Compact (8 tokens): row bits 2, 3
+// flip column bits 2, 1, so the epilogue's reads (a warp: 16 rows x 2 tokens, or 8 rows x 4
+// for SwiGLU) and the D fragments' float2 stores take one wavefront per 32 words.
 template <int NTILE, bool COMPACT>
 __device__ __forceinline__ int red_col(int row, int col) {
-  if constexpr (!COMPACT)
-    return col;
-  else if constexpr (NTILE == 1)
-    return col ^ ((row & 4) | (row >> 2 & 2));  // row bits 2, 3 -> column bits 2, 1
+  static_assert(!COMPACT || NTILE == 1, "the compact layout is for up to 8 tokens");
+  if constexpr (COMPACT)
+    return col ^ ((row & 4) | (row >> 2 & 2));
   else
-    return col ^ ((row & 2) << 2 | (row & 4) | (row >> 2 & 2));  // row bits 1-3 -> 3-1
+    return col;
 }
 
 template <int NTILE, bool COMPACT = false>
@@ -862,7 +864,8 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
           const float v = warp_transpose_sum<NT8>(s[rr], lane);
           const int tok = warp_transpose_index<NT8>(lane);
           const int row = warp + 8 * rr;
-          if (tok >= 0 && tok < p.n_tokens) sh.outl[par][row][red_col<NTILE, COMPACT>(row, tok)] = v;
+          if (tok >= 0 && tok < p.n_tokens)
+            sh.outl[par][row][red_col<NTILE, COMPACT>(row, tok)] = v;
         }
       }
     }
@@ -909,7 +912,8 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
     if (outl_own_rows && has_outliers) acc[0][0][0] += o_sum[0], acc[0][0][2] += o_sum[1];
 #pragma unroll
     for (int nt = 0; nt < NTILE; nt++) {
-      *reinterpret_cast<float2*>(&sh.red[par][warp][g][red_col<NTILE, COMPACT>(g, nt * 8 + 2 * t)]) =
+      *reinterpret_cast<float2*>(
+          &sh.red[par][warp][g][red_col<NTILE, COMPACT>(g, nt * 8 + 2 * t)]) =
           make_float2(acc[0][nt][0] + acc[1][nt][0], acc[0][nt][1] + acc[1][nt][1]);
       *reinterpret_cast<float2*>(
           &sh.red[par][warp][g + 8][red_col<NTILE, COMPACT>(g + 8, nt * 8 + 2 * t)]) =
