@@ -1183,31 +1183,41 @@ void allow_smem(Kernel kernel, int bytes) {
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
 
+// A GEMV instantiation and the bytes of its GemvShared (per group), which its G decides.
 template <bool NORM>
-using GemvKernel = void (*)(GemvParamsOf<NORM>);
+struct GemvVariant {
+  void (*kernel)(GemvParamsOf<NORM>);
+  int shared_bytes;
+};
+
+template <int BITS, int NTILE, int G, bool NORM, int NGRP>
+GemvVariant<NORM> gemv_variant_of() {
+  return {lut_gemv_kernel<BITS, NTILE, G, NORM, NGRP>,
+          int(sizeof(GemvShared<NTILE, compact_red<NTILE, G>()>))};
+}
 
 // The GEMV instantiation for items of g units and ngrp groups of 8 warps: g = kItemUnits or
-// 2 (3/2 bits), and 1 with two groups (choose_gemv). Launch, occupancy and the shared-memory
-// limit all take their kernel from here.
+// 2 (3/2 bits), and 1 with two groups (choose_gemv). Launch, occupancy, the shared-memory
+// limit and the plan's shared-memory size all take their kernel from here.
 template <int BITS, int NTILE, bool NORM>
-GemvKernel<NORM> gemv_kernel(int g, int ngrp) {
+GemvVariant<NORM> gemv_variant(int g, int ngrp) {
   constexpr int G = kItemUnits<BITS>;
-  if (g == G) return ngrp == 2 ? lut_gemv_kernel<BITS, NTILE, G, NORM, 2>
-                               : lut_gemv_kernel<BITS, NTILE, G, NORM>;
-  if (g == 2) return ngrp == 2 ? lut_gemv_kernel<BITS, NTILE, 2, NORM, 2>
-                               : lut_gemv_kernel<BITS, NTILE, 2, NORM>;
-  if (g == 1 && ngrp == 2) return lut_gemv_kernel<BITS, NTILE, 1, NORM, 2>;
+  if (g == G) return ngrp == 2 ? gemv_variant_of<BITS, NTILE, G, NORM, 2>()
+                               : gemv_variant_of<BITS, NTILE, G, NORM, 1>();
+  if (g == 2) return ngrp == 2 ? gemv_variant_of<BITS, NTILE, 2, NORM, 2>()
+                               : gemv_variant_of<BITS, NTILE, 2, NORM, 1>();
+  if (g == 1 && ngrp == 2) return gemv_variant_of<BITS, NTILE, 1, NORM, 2>();
   throw std::logic_error("lut_gemm_cuda: no GEMV kernel for items of " + std::to_string(g) +
                          " units in " + std::to_string(ngrp) + " groups");
 }
 
-// Every kernel gemv_kernel gives for NTILE and NORM: G, G / 2, ..., 1 units per item (1 only
+// Every kernel gemv_variant gives for NTILE and NORM: G, G / 2, ..., 1 units per item (1 only
 // with two groups).
 template <int BITS, int NTILE, bool NORM>
 void allow_smem_gemv(int smem) {
   for (int ngrp : {1, 2})
     for (int g = kItemUnits<BITS>; g >= (ngrp == 2 ? 1 : 2); g /= 2)
-      allow_smem(gemv_kernel<BITS, NTILE, NORM>(g, ngrp), smem);
+      allow_smem(gemv_variant<BITS, NTILE, NORM>(g, ngrp).kernel, smem);
 }
 
 template <int BITS>
@@ -1263,19 +1273,12 @@ struct GemvPlan {
   int blocks = 0;
 };
 
-// sizeof(GemvShared) of the kernel with items of g units.
-template <int NTILE>
-int gemv_shared_bytes(int g) {
-  if (g == 1) return int(sizeof(GemvShared<NTILE, compact_red<NTILE, 1>()>));
-  if (g == 2) return int(sizeof(GemvShared<NTILE, compact_red<NTILE, 2>()>));
-  return int(sizeof(GemvShared<NTILE, compact_red<NTILE, 4>()>));
-}
-
-// The plan of gemv_kernel(g, ngrp); blocks = 0 where it cannot run (two groups when x needs
+// The plan of gemv_variant(g, ngrp); blocks = 0 where it cannot run (two groups when x needs
 // chunks or the block does not fit).
 template <int BITS, int NTILE, bool NORM>
 GemvPlan<NORM> plan_gemv(int g, int ngrp, const PackedMatrix& w, const uint16_t* x, int n_tokens,
                          float* y, const LutGemmFusion& f, const DeviceInfo& dev) {
+  const GemvVariant<NORM> v = gemv_variant<BITS, NTILE, NORM>(g, ngrp);
   GemvPlan<NORM> c;
   c.g = g, c.ngrp = ngrp;
   GemvParamsOf<NORM>& p = c.p;
@@ -1286,7 +1289,7 @@ GemvPlan<NORM> plan_gemv(int g, int ngrp, const PackedMatrix& w, const uint16_t*
   p.n_items = (p.n_units + g - 1) / g;
   p.n_tiles = (w.rows + kTileRows - 1) / kTileRows;
 
-  const int fixed = ngrp * (gemv_shared_bytes<NTILE>(g) +
+  const int fixed = ngrp * (v.shared_bytes +
                             kGemvWarps * kStages<NTILE> * g * kStageBytes<BITS, 1>);
   const int item_bytes = g * kUnitCols * 2;  // x_s bytes per token per item
   auto xs_bytes = [&](int items) { return n_tokens * (items * item_bytes + 64); };
@@ -1305,8 +1308,7 @@ GemvPlan<NORM> plan_gemv(int g, int ngrp, const PackedMatrix& w, const uint16_t*
   if (c.smem > size_t(dev.smem_optin))
     throw std::runtime_error("lut_gemm_cuda: x does not fit in shared memory (" +
                              std::to_string(c.smem) + " bytes)");
-  const int n =
-      blocks_per_sm(gemv_kernel<BITS, NTILE, NORM>(g, ngrp), kGemvThreads * ngrp, c.smem);
+  const int n = blocks_per_sm(v.kernel, kGemvThreads * ngrp, c.smem);
   c.blocks = ngrp > 1 ? n : std::max(n, 1);
   return c;
 }
@@ -1356,8 +1358,8 @@ void launch_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* 
                                 std::to_string(n_tokens) + " x " + std::to_string(w.cols) +
                                 ") in shared memory in one piece (lut_gemm_cuda_norm_fusable)");
   const int grid = std::min((c.p.n_tiles + c.ngrp - 1) / c.ngrp, dev.n_sms * c.blocks);
-  launch_pdl(gemv_kernel<BITS, NTILE, NORM>(c.g, c.ngrp), grid, kGemvThreads * c.ngrp, c.smem,
-             stream, c.p);
+  launch_pdl(gemv_variant<BITS, NTILE, NORM>(c.g, c.ngrp).kernel, grid, kGemvThreads * c.ngrp,
+             c.smem, stream, c.p);
 }
 
 // Whether the norm variant launch_gemv would launch has x in one chunk.
