@@ -40,6 +40,7 @@
 #include <type_traits>
 
 #include "kernels/cuda_common.h"
+#include "kernels/cluster.cuh"
 #include "kernels/cuda_util.cuh"
 #include "kernels/lut_gemv.h"
 #include "kernels/mma.cuh"
@@ -376,11 +377,23 @@ SQZ_HD int xs_offset(int col) {
   return (((u * 4 + (m >> 1)) * 4 + q) * 2 + (m & 1)) * 4 + k;
 }
 
+// Which of the staging's (token, 16-column group) pairs, flattened token-major, this block
+// stages: all of them, or in a cluster of two blocks (GEMV_CLUSTER) its half, stored into
+// both blocks' x_s (peer: the other block's rank, else -1).
+struct StageShare {
+  int begin, end, peer;
+};
+__device__ __forceinline__ StageShare stage_share(int total, uint32_t n_cta) {
+  if (n_cta == 1) return {0, total, -1};
+  const int half = (total + 1) / 2, rank = int(cluster_rank());
+  return {rank * half, min(total, (rank + 1) * half), rank ^ 1};
+}
+
 // Stores the 16-column group q (of the staged chunk) of token tok, v[k] = columns 2k, 2k+1,
-// into x_s in decode order.
+// into x_s in decode order (and into the peer block's x_s when peer >= 0).
 template <int BITS>
 __device__ __forceinline__ void gemv_store_x_group(const GemvParams& p, uint8_t* xs, int tok,
-                                                   int q, const uint32_t (&v)[8]) {
+                                                   int q, const uint32_t (&v)[8], int peer) {
   // q -> (unit, quarter t, half h); groups m = 4h..4h+3 of quarter t: m = 4h + 2i + j at
   // uint2 slot 8i + j, i.e. i = 0 and i = 1 as one 16-byte store each. Threads with h = 1
   // store i = 1 first, so that the 8 threads of a store phase (q = 8u..8u+7: t = 0..3, h = 0,
@@ -397,18 +410,29 @@ __device__ __forceinline__ void gemv_store_x_group(const GemvParams& p, uint8_t*
     m23 = make_uint4(prmt(v[0], v[1], 0x7632), prmt(v[2], v[3], 0x7632), prmt(v[4], v[5], 0x7632),
                      prmt(v[6], v[7], 0x7632));
   }
-  dst[4 * h] = h ? m23 : m01;
-  dst[4 * (h ^ 1)] = h ? m01 : m23;
+  // (Selected per word: a selected uint4 went through a 32-byte stack frame once the peer's
+  // stores were added.)
+  auto pick = [](bool c, const uint4& x, const uint4& y) {
+    return make_uint4(c ? x.x : y.x, c ? x.y : y.y, c ? x.z : y.z, c ? x.w : y.w);
+  };
+  const uint4 s0 = pick(h, m23, m01), s1 = pick(h, m01, m23);
+  dst[4 * h] = s0;
+  dst[4 * (h ^ 1)] = s1;
+  if (peer >= 0) {
+    store_peer_u4(dst + 4 * h, uint32_t(peer), s0);
+    store_peer_u4(dst + 4 * (h ^ 1), uint32_t(peer), s1);
+  }
 }
 
 // Stages columns [c0, c0 + chunk_items * G * 128) of x, zero beyond cols, into x_s. (Loading two
 // groups per thread before storing either, to overlap their latencies, made the kernel spill:
 // 3-bit 22016 x 4096 at one token 25.2 -> 30.6 us.)
 template <int BITS, int G, int THREADS>
-__device__ void gemv_stage_x(const GemvParams& p, uint8_t* xs, int chunk) {
+__device__ void gemv_stage_x(const GemvParams& p, uint8_t* xs, int chunk, uint32_t n_cta) {
   const int n_groups = p.chunk_items * G * 8;  // 16-column groups per token
   const int c0 = chunk * p.chunk_items * G * 128;
-  for (int i = threadIdx.x; i < p.n_tokens * n_groups; i += THREADS) {
+  const StageShare share = stage_share(p.n_tokens * n_groups, n_cta);
+  for (int i = share.begin + int(threadIdx.x); i < share.end; i += THREADS) {
     const int tok = i / n_groups, q = i - tok * n_groups, col = c0 + 16 * q;
     const uint16_t* src = p.x + int64_t(tok) * p.cols + col;
     uint32_t v[8];
@@ -426,7 +450,7 @@ __device__ void gemv_stage_x(const GemvParams& p, uint8_t* xs, int chunk) {
         v[k] = lo | hi << 16;
       }
     }
-    gemv_store_x_group<BITS>(p, xs, tok, q, v);
+    gemv_store_x_group<BITS>(p, xs, tok, q, v, share.peer);
   }
 }
 
@@ -457,10 +481,12 @@ __device__ __forceinline__ void norm_load16(const float* v, int col, int cols, b
 // data, so the kernel loads them before pdl_wait and their round trip overlaps the previous
 // kernel.
 template <int G>
-__device__ __forceinline__ void gemv_norm_w_first(const GemvNormParams& p, float (&wv)[16]) {
+__device__ __forceinline__ void gemv_norm_w_first(const GemvNormParams& p, uint32_t n_cta,
+                                                  float (&wv)[16]) {
   const int n_groups = p.chunk_items * G * 8;
-  if (int(threadIdx.x) < p.n_tokens * n_groups)
-    norm_load16(p.norm_w, 16 * (int(threadIdx.x) % n_groups), p.cols, norm_vec(p), wv);
+  const StageShare share = stage_share(p.n_tokens * n_groups, n_cta);
+  const int i = share.begin + int(threadIdx.x);
+  if (i < share.end) norm_load16(p.norm_w, 16 * (i % n_groups), p.cols, norm_vec(p), wv);
 }
 
 // The norm fusion's staging (one chunk: the launcher ensures it): scale_t from the partial
@@ -474,10 +500,11 @@ __device__ __forceinline__ void gemv_norm_w_first(const GemvNormParams& p, float
 // this kernel 6.7 us slower than the plain one at 7B: H100.)
 template <int BITS, int G, int THREADS>
 __device__ void gemv_stage_x_norm(const GemvNormParams& p, uint8_t* xs, float* red,
-                                  float (&wv)[16]) {
+                                  float (&wv)[16], uint32_t n_cta) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int n_groups = p.chunk_items * G * 8;  // 16-column groups per token
-  const int total = p.n_tokens * n_groups;
+  const StageShare share = stage_share(p.n_tokens * n_groups, n_cta);
+  const int first = share.begin + int(threadIdx.x);
   const bool vec = norm_vec(p);
   float xv[16];
   auto load = [&](int i, bool w) {
@@ -485,7 +512,7 @@ __device__ void gemv_stage_x_norm(const GemvNormParams& p, uint8_t* xs, float* r
     norm_load16(p.norm_x + int64_t(tok) * p.cols, col, p.cols, vec, xv);
     if (w) norm_load16(p.norm_w, col, p.cols, vec, wv);
   };
-  if (int(threadIdx.x) < total) load(threadIdx.x, false);  // wv: gemv_norm_w_first
+  if (first < share.end) load(first, false);  // wv: gemv_norm_w_first
 
   // Every warp sums all partials itself (lane l: partials l, l + 32, ... in order, then the
   // xor tree, which leaves the same bits in every lane): no block barrier before the scale.
@@ -499,8 +526,8 @@ __device__ void gemv_stage_x_norm(const GemvNormParams& p, uint8_t* xs, float* r
     if (lane == 0) scale[tok] = 1.0f / sqrtf(s / float(p.cols) + p.norm_eps);
   }
   __syncwarp();
-  for (int i = threadIdx.x; i < total; i += THREADS) {
-    if (i != int(threadIdx.x)) load(i, true);
+  for (int i = first; i < share.end; i += THREADS) {
+    if (i != first) load(i, true);
     const int tok = i / n_groups, q = i - tok * n_groups;
     const float sc = scale[tok];
     uint32_t v[8];
@@ -508,7 +535,7 @@ __device__ void gemv_stage_x_norm(const GemvNormParams& p, uint8_t* xs, float* r
     for (int k = 0; k < 8; k++)
       v[k] = uint32_t(f2h(xv[2 * k] * sc * wv[2 * k])) |
              uint32_t(f2h(xv[2 * k + 1] * sc * wv[2 * k + 1])) << 16;
-    gemv_store_x_group<BITS>(p, xs, tok, q, v);
+    gemv_store_x_group<BITS>(p, xs, tok, q, v, share.peer);
   }
 }
 
@@ -617,6 +644,11 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
   Shared& sh = reinterpret_cast<Shared*>(smem + p.xs_bytes)[grp];
   // The group's place in the grid of groups.
   const int vblock = int(blockIdx.x) + grp * int(gridDim.x), vgrid = int(gridDim.x) * NGRP;
+  // Launched in clusters of two blocks (one group each, x in one chunk: launch_gemv), each
+  // block stages half of x into both blocks' x_s; the arrival here tells the peer that this
+  // block's shared memory exists, and the wait for it comes just before the first store.
+  const uint32_t n_cta = NGRP == 1 ? cluster_size() : 1;
+  if (n_cta > 1) cluster_arrive_relaxed();
   auto group_sync = [&]() {
     if constexpr (NGRP == 1)
       __syncthreads();
@@ -757,19 +789,25 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
     if (my_tiles > 1) load_rp(vblock + vgrid, rp_nxt);
   }
   float nw_first[16];  // NORM: the norm weights of this thread's first group of x
-  if constexpr (NORM) gemv_norm_w_first<G>(p, nw_first);
+  if constexpr (NORM) gemv_norm_w_first<G>(p, n_cta, nw_first);
   // Everything above reads only the weights (index words, LUT, CSR row pointers, norm
   // weights): with PDL it overlaps the previous kernel; x and y belong to the earlier kernels
   // (kernels/pdl.cuh).
   pdl_wait();
   pdl_launch_dependents();
+  if (n_cta > 1) cluster_wait();
   // (The norm staging's scratch: group 0's partial tiles, 8 floats per warp of the block.)
   if constexpr (NORM)
     gemv_stage_x_norm<BITS, G, kGemvThreads * NGRP>(
-        p, xs, reinterpret_cast<float*>(smem + p.xs_bytes), nw_first);
+        p, xs, reinterpret_cast<float*>(smem + p.xs_bytes), nw_first, n_cta);
   else if (p.n_chunks == 1)
-    gemv_stage_x<BITS, G, kGemvThreads * NGRP>(p, xs, 0);
-  __syncthreads();
+    gemv_stage_x<BITS, G, kGemvThreads * NGRP>(p, xs, 0, n_cta);
+  // Both halves of x are in x_s once the cluster's barrier is passed; the peer writes no more
+  // into this block's shared memory after it, so either block may leave before the other.
+  if (n_cta > 1)
+    cluster_sync();
+  else
+    __syncthreads();
 
   int stage = 0;  // ring stage of the warp's next item
   for (int k = 0; k < my_tiles; k++) {
@@ -874,7 +912,7 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
       const int item0 = c * p.chunk_items, item1 = min(item0 + p.chunk_items, p.n_items);
       if (!NORM && NGRP == 1 && p.n_chunks > 1) {
         __syncthreads();  // everyone is done with the previous chunk
-        gemv_stage_x<BITS, G, kGemvThreads>(p, xs, c);
+        gemv_stage_x<BITS, G, kGemvThreads>(p, xs, c, 1);
         __syncthreads();
       }
       for (int item = item0 + warp; item < item1; item += kGemvWarps) {
@@ -1172,6 +1210,7 @@ __global__ void __launch_bounds__(kGemmThreads, 1) lut_gemm_kernel(const GemmPar
 
 struct DeviceInfo {
   int n_sms = 0, smem_optin = 0;
+  bool clusters = false;  // thread block clusters (compute capability 9.0 and later)
 };
 
 std::mutex g_init_mutex;
@@ -1238,6 +1277,9 @@ const DeviceInfo& device_info() {
     DeviceInfo& d = g_devices[dev];
     CUDA_CHECK(cudaDeviceGetAttribute(&d.n_sms, cudaDevAttrMultiProcessorCount, dev));
     CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    int major = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    d.clusters = major >= 9;
     init_bits<2>(d.smem_optin);
     init_bits<3>(d.smem_optin);
     init_bits<4>(d.smem_optin);
@@ -1349,6 +1391,29 @@ GemvPlan<NORM> choose_gemv(const PackedMatrix& w, const uint16_t* x, int n_token
   return a;
 }
 
+// Blocks in clusters of two that share one staging of x (half each, stored into both blocks'
+// x_s), or 1. Every block reads the whole of x from L2 right after the previous kernel ends
+// (kernels/NOTES_lut_gemv.md section 7, 0c); a pair reads it once, but starts only when two
+// SMs have room, and waits at a cluster barrier for the slower half. SQZ_GEMV_CLUSTER in the
+// environment: 0 never, 1 wherever the pairs can run (the blocks single groups with x in one
+// piece, an even grid, sm_90), unset: there when x has at least kGemvClusterMinXBytes (64 KB:
+// 8 tokens at 4096 columns). H100, 7B tg128 ms per step, three rounds in one run, never /
+// always / this rule: 3-bit b1 1.851 / 1.872 / 1.851, b2 2.139 / 2.178 / 2.141, b4 2.281 /
+// 2.291 / 2.274, b8 2.377 / 2.340 / 2.341; 4-bit b1 2.413 / 2.422 / 2.415, b8 2.865 / 2.858 /
+// 2.869. GEMV alone, 3-bit 0.45%: 22016 x 4096 at 1 token 19.87 -> 20.62 us, at 8 25.90 ->
+// 24.50; 4096 x 4096 at 1 5.75 -> 6.43, at 8 8.05 -> 7.80.
+thread_local int g_last_cluster = 0;  // lut_gemm_cuda_last_cluster
+constexpr int kGemvClusterMinXBytes = 65536;
+
+template <bool NORM>
+int gemv_cluster(const GemvPlan<NORM>& c, int grid, const DeviceInfo& dev) {
+  if (!dev.clusters || c.ngrp != 1 || c.p.n_chunks != 1 || grid % 2 != 0) return 1;
+  const char* env = std::getenv("SQZ_GEMV_CLUSTER");
+  if (env) return std::atoi(env) == 0 ? 1 : 2;
+  const int64_t x_bytes = int64_t(c.p.n_tokens) * c.p.cols * (NORM ? 4 : 2);
+  return x_bytes >= kGemvClusterMinXBytes ? 2 : 1;
+}
+
 template <int BITS, int NTILE, bool NORM = false>
 void launch_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
                  const LutGemmFusion& f, cudaStream_t stream, const DeviceInfo& dev) {
@@ -1358,8 +1423,9 @@ void launch_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* 
                                 std::to_string(n_tokens) + " x " + std::to_string(w.cols) +
                                 ") in shared memory in one piece (lut_gemm_cuda_norm_fusable)");
   const int grid = std::min((c.p.n_tiles + c.ngrp - 1) / c.ngrp, dev.n_sms * c.blocks);
-  launch_pdl(gemv_variant<BITS, NTILE, NORM>(c.g, c.ngrp).kernel, grid, kGemvThreads * c.ngrp,
-             c.smem, stream, c.p);
+  g_last_cluster = gemv_cluster(c, grid, dev);
+  launch_pdl_cluster(gemv_variant<BITS, NTILE, NORM>(c.g, c.ngrp).kernel, grid,
+                     kGemvThreads * c.ngrp, c.smem, stream, g_last_cluster, c.p);
 }
 
 // Whether the norm variant launch_gemv would launch has x in one chunk.
@@ -1443,6 +1509,8 @@ void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float
                    cudaStream_t stream) {
   lut_gemm_cuda(w, x, n_tokens, y, stream, LutGemmFusion{});
 }
+
+int lut_gemm_cuda_last_cluster() { return g_last_cluster; }
 
 void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
                    cudaStream_t stream, const LutGemmFusion& f) {

@@ -93,6 +93,9 @@ constexpr int kLutGemvNormMaxTokens = 8;
 bool lut_gemm_cuda_norm_fusable(const PackedMatrix& w, int n_tokens);
 void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
                    cudaStream_t stream, const LutGemmFusion& fusion);
+// The blocks per cluster of the last GEMV launch this thread made (1, or 2 where the two
+// blocks share one staging of x), 0 before any: for tests.
+int lut_gemm_cuda_last_cluster();
 
 // One-time set-up for the current device (kernel shared-memory limits, SM count). The first
 // lut_gemm_cuda call does it too; call it up front to keep it out of a graph capture.

@@ -626,13 +626,29 @@ TEST(LutGemmFusion, SumsOfSquaresOut) {
   }
 }
 
+// An environment variable set for the scope, its previous state restored after:
 // SQZ_GEMV_GROUPS (kernels/lut_gemv.cu, choose_gemv: the GEMV as one or two groups of 8 warps
-// per block) set for the scope, unset after.
-struct GemvGroups {
-  explicit GemvGroups(const char* v) { setenv("SQZ_GEMV_GROUPS", v, 1); }
-  ~GemvGroups() { unsetenv("SQZ_GEMV_GROUPS"); }
-  GemvGroups(const GemvGroups&) = delete;
-  GemvGroups& operator=(const GemvGroups&) = delete;
+// per block) and SQZ_GEMV_CLUSTER (gemv_cluster: 0 never in clusters, 1 wherever they can run).
+struct ScopedEnv {
+  ScopedEnv(const char* name, const char* v) : name_(name) {
+    const char* old = std::getenv(name);
+    had_ = old != nullptr;
+    if (had_) old_ = old;
+    setenv(name, v, 1);
+  }
+  ~ScopedEnv() {
+    if (had_)
+      setenv(name_, old_.c_str(), 1);
+    else
+      unsetenv(name_);
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  bool had_ = false;
+  std::string old_;
 };
 
 // Two groups of 8 warps per block sharing x (what the launcher takes where one group fits
@@ -670,7 +686,7 @@ TEST(LutGemmCuda, TwoGroupsEveryFusion) {
           const std::string what =
               case_name(s.rows, s.cols, bits, Outliers::MANY, n) + " groups " + form;
           SCOPED_TRACE(what);
-          GemvGroups scope(form);
+          ScopedEnv scope("SQZ_GEMV_GROUPS", form);
           check_case(m, n, rng, what);
 
           DeviceBuf<float> d_plain(y0);
@@ -700,6 +716,93 @@ TEST(LutGemmCuda, TwoGroupsEveryFusion) {
         }
       }
     }
+}
+
+// Blocks in clusters of two that share one staging of x (SQZ_GEMV_CLUSTER=1: wherever the
+// blocks are single groups with x in one piece and the grid is even, on sm_90) against blocks
+// on their own (SQZ_GEMV_CLUSTER=0): the CPU's product, and the plain product, the residual
+// add with its sums of squares and the norm in front, each bit for bit between the two (the
+// staged x is the same, so is every sum), over 2-4 bits, 1, 3 and 8 tokens, and grids of 2 to
+// 128 blocks (partial tiles and odd widths included); SwiGLU against swiglu_cuda.
+TEST(LutGemmCuda, ClusterPairsEveryFusion) {
+  SKIP_WITHOUT_GPU();
+  int dev = 0, major = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  std::mt19937 rng(28);
+  std::normal_distribution<float> nd;
+  struct Shape {
+    int rows, cols;
+  };
+  const Shape shapes[] = {{32, 129}, {30, 1000}, {64, 4096}, {96, 11008}, {2048, 4096}};
+  const float eps = 1e-5f;
+  int paired = 0;
+  for (int bits : {2, 3, 4})
+    for (Shape s : shapes) {
+      TestMatrix m(s.rows, s.cols, bits, Outliers::MANY, rng);
+      const int tiles = (s.rows + 15) / 16;
+      for (int n : {1, 3, 8}) {
+        const std::string what = case_name(s.rows, s.cols, bits, Outliers::MANY, n);
+        SCOPED_TRACE(what);
+        ScopedEnv pairs("SQZ_GEMV_CLUSTER", "1");  // wherever they can run
+        check_case(m, n, rng, what);
+        const int cluster = lut_gemm_cuda_last_cluster();
+        // Where the plan is surely one group with x in one piece: up to 4096 columns.
+        if (major >= 9 && s.cols <= 4096) {
+          EXPECT_EQ(cluster, 2);
+        }
+        paired += cluster == 2;
+
+        std::vector<uint16_t> x16;
+        std::vector<float> x32, y0(size_t(n) * s.rows), xr(size_t(n) * s.cols), w(s.cols);
+        random_x(n, s.cols, rng, x16, x32);
+        for (auto& v : y0) v = nd(rng);
+        for (auto& v : xr) v = 3.0f * nd(rng);
+        for (auto& v : w) v = 1.0f + 0.2f * nd(rng);
+        const NormInput in = norm_input(xr, w, n, s.cols, eps);
+        DeviceBuf<uint16_t> d_x(x16), d_xn(in.xn);
+        DeviceBuf<float> d_xr(xr), d_w(w), d_parts(in.parts);
+        LutGemmFusion norm;
+        norm.norm_x = d_xr.p, norm.norm_w = d_w.p, norm.norm_sumsq = d_parts.p;
+        norm.norm_eps = eps;
+        const bool fusable = lut_gemm_cuda_norm_fusable(m.dev, n);
+        struct Out {
+          std::vector<float> plain, acc, sumsq, norm;
+        };
+        auto run_all = [&]() {
+          Out o;
+          o.plain = run_fused(m, d_x.p, n, LutGemmFusion{}, y0);
+          DeviceBuf<float> d_ss(size_t(n) * tiles);
+          LutGemmFusion acc;
+          acc.accumulate = true, acc.sumsq_out = d_ss.p;
+          o.acc = run_fused(m, d_x.p, n, acc, y0);
+          o.sumsq = d_ss.download();
+          if (fusable) o.norm = run_fused(m, nullptr, n, norm, y0);
+          return o;
+        };
+        const Out on = run_all();
+        Out off;
+        {
+          ScopedEnv scope("SQZ_GEMV_CLUSTER", "0");
+          off = run_all();
+          EXPECT_EQ(lut_gemm_cuda_last_cluster(), 1);
+        }
+        EXPECT_EQ(on.plain, off.plain);
+        EXPECT_EQ(on.acc, off.acc);
+        EXPECT_EQ(on.sumsq, off.sumsq);
+        EXPECT_EQ(on.norm, off.norm);
+        if (fusable) {
+          EXPECT_EQ(on.norm, run_fused(m, d_xn.p, n, LutGemmFusion{}, y0)) << "norm";
+        }
+        if (s.rows % 16 == 0) {
+          DeviceBuf<float> d_plain(on.plain);
+          expect_swiglu_fusion(m, d_x.p, d_plain.p, n);
+        }
+      }
+    }
+  if (major >= 9) {
+    EXPECT_GT(paired, 0);
+  }
 }
 
 TEST(LutGemmFusion, RejectsBadArguments) {
