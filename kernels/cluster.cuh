@@ -9,24 +9,17 @@
 
 namespace sqz {
 
-__device__ __forceinline__ uint32_t cluster_size() {
+// This block's rank in its cluster and the cluster's size in blocks.
+struct ClusterPlace {
+  uint32_t rank, size;
+};
+__device__ __forceinline__ ClusterPlace cluster_place() {
+  ClusterPlace c{0, 1};
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  uint32_t n;
-  asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
-  return n;
-#else
-  return 1;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n\tmov.u32 %1, %%cluster_nctarank;"
+               : "=r"(c.rank), "=r"(c.size));
 #endif
-}
-
-__device__ __forceinline__ uint32_t cluster_rank() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-  return r;
-#else
-  return 0;
-#endif
+  return c;
 }
 
 // Every thread of every block of the cluster: arrive (no ordering: the peer has started, so

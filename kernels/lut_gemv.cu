@@ -385,7 +385,7 @@ struct StageShare {
 };
 __device__ __forceinline__ StageShare stage_share(int total, uint32_t n_cta) {
   if (n_cta == 1) return {0, total, -1};
-  const int half = (total + 1) / 2, rank = int(cluster_rank());
+  const int half = (total + 1) / 2, rank = int(cluster_place().rank);
   return {rank * half, min(total, (rank + 1) * half), rank ^ 1};
 }
 
@@ -647,7 +647,7 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
   // Launched in clusters of two blocks (one group each, x in one chunk: launch_gemv), each
   // block stages half of x into both blocks' x_s; the arrival here tells the peer that this
   // block's shared memory exists, and the wait for it comes just before the first store.
-  const uint32_t n_cta = NGRP == 1 ? cluster_size() : 1;
+  const uint32_t n_cta = NGRP == 1 ? cluster_place().size : 1;
   if (n_cta > 1) cluster_arrive_relaxed();
   auto group_sync = [&]() {
     if constexpr (NGRP == 1)

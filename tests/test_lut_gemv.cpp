@@ -626,6 +626,42 @@ TEST(LutGemmFusion, SumsOfSquaresOut) {
   }
 }
 
+// Random inputs for the fusion checks of one shape and token count: x (fp16) and y0 for the
+// linear, and the norm's fp32 residual rows, weights and partial sums with its prestaged x.
+struct FusionHost {
+  std::vector<uint16_t> x16;
+  std::vector<float> y0, xr, w;
+  NormInput in;
+};
+FusionHost fusion_host(int rows, int cols, int n, float eps, std::mt19937& rng) {
+  std::normal_distribution<float> nd;
+  FusionHost h;
+  std::vector<float> x32;
+  random_x(n, cols, rng, h.x16, x32);
+  h.y0.resize(size_t(n) * rows), h.xr.resize(size_t(n) * cols), h.w.resize(cols);
+  for (auto& v : h.y0) v = nd(rng);
+  for (auto& v : h.xr) v = 3.0f * nd(rng);
+  for (auto& v : h.w) v = 1.0f + 0.2f * nd(rng);
+  h.in = norm_input(h.xr, h.w, n, cols, eps);
+  return h;
+}
+// The same on the device, with the norm fusion that reads them.
+struct FusionInputs {
+  FusionHost h;
+  DeviceBuf<uint16_t> d_x, d_xn;
+  DeviceBuf<float> d_xr, d_w, d_parts;
+  LutGemmFusion norm;
+  FusionInputs(int rows, int cols, int n, float eps, std::mt19937& rng)
+      : h(fusion_host(rows, cols, n, eps, rng)),
+        d_x(h.x16),
+        d_xn(h.in.xn),
+        d_xr(h.xr),
+        d_w(h.w),
+        d_parts(h.in.parts) {
+    norm.norm_x = d_xr.p, norm.norm_w = d_w.p, norm.norm_sumsq = d_parts.p, norm.norm_eps = eps;
+  }
+};
+
 // An environment variable set for the scope, its previous state restored after:
 // SQZ_GEMV_GROUPS (kernels/lut_gemv.cu, choose_gemv: the GEMV as one or two groups of 8 warps
 // per block) and SQZ_GEMV_CLUSTER (gemv_cluster: 0 never in clusters, 1 wherever they can run).
@@ -661,7 +697,6 @@ struct ScopedEnv {
 TEST(LutGemmCuda, TwoGroupsEveryFusion) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(27);
-  std::normal_distribution<float> nd;
   struct Shape {
     int rows, cols;
   };
@@ -673,15 +708,8 @@ TEST(LutGemmCuda, TwoGroupsEveryFusion) {
       TestMatrix m(s.rows, s.cols, bits, Outliers::MANY, rng);
       const int tiles = (s.rows + 15) / 16;
       for (int n : {1, 3, 8, 9, 16}) {
-        std::vector<uint16_t> x16;
-        std::vector<float> x32, y0(size_t(n) * s.rows), xr(size_t(n) * s.cols), w(s.cols);
-        random_x(n, s.cols, rng, x16, x32);
-        for (auto& v : y0) v = nd(rng);
-        for (auto& v : xr) v = 3.0f * nd(rng);
-        for (auto& v : w) v = 1.0f + 0.2f * nd(rng);
-        const NormInput in = norm_input(xr, w, n, s.cols, eps);
-        DeviceBuf<uint16_t> d_x(x16), d_xn(in.xn);
-        DeviceBuf<float> d_xr(xr), d_w(w), d_parts(in.parts);
+        const FusionInputs f(s.rows, s.cols, n, eps, rng);
+        const std::vector<float>& y0 = f.h.y0;
         for (const char* form : {"1", "2"}) {
           const std::string what =
               case_name(s.rows, s.cols, bits, Outliers::MANY, n) + " groups " + form;
@@ -690,27 +718,24 @@ TEST(LutGemmCuda, TwoGroupsEveryFusion) {
           check_case(m, n, rng, what);
 
           DeviceBuf<float> d_plain(y0);
-          lut_gemm_cuda(m.dev, d_x.p, n, d_plain.p, nullptr);
+          lut_gemm_cuda(m.dev, f.d_x.p, n, d_plain.p, nullptr);
           CUDA_CHECK(cudaDeviceSynchronize());
           const std::vector<float> plain = d_plain.download();
 
           DeviceBuf<float> d_acc(y0), d_ss(size_t(n) * tiles);
           LutGemmFusion acc;
           acc.accumulate = true, acc.sumsq_out = d_ss.p;
-          lut_gemm_cuda(m.dev, d_x.p, n, d_acc.p, nullptr, acc);
+          lut_gemm_cuda(m.dev, f.d_x.p, n, d_acc.p, nullptr, acc);
           CUDA_CHECK(cudaDeviceSynchronize());
           const std::vector<float> y = d_acc.download();
           for (size_t i = 0; i < y.size(); i++) ASSERT_EQ(y[i], y0[i] + plain[i]) << "i " << i;
           expect_tile_sumsq(y, d_ss.download(), s.rows, n);
 
-          if (s.rows % 16 == 0) expect_swiglu_fusion(m, d_x.p, d_plain.p, n);
+          if (s.rows % 16 == 0) expect_swiglu_fusion(m, f.d_x.p, d_plain.p, n);
 
           if (lut_gemm_cuda_norm_fusable(m.dev, n)) {
-            LutGemmFusion norm;
-            norm.norm_x = d_xr.p, norm.norm_w = d_w.p, norm.norm_sumsq = d_parts.p;
-            norm.norm_eps = eps;
-            EXPECT_EQ(run_fused(m, nullptr, n, norm, y0),
-                      run_fused(m, d_xn.p, n, LutGemmFusion{}, y0))
+            EXPECT_EQ(run_fused(m, nullptr, n, f.norm, y0),
+                      run_fused(m, f.d_xn.p, n, LutGemmFusion{}, y0))
                 << "norm in front";
           }
         }
@@ -730,7 +755,6 @@ TEST(LutGemmCuda, ClusterPairsEveryFusion) {
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   std::mt19937 rng(28);
-  std::normal_distribution<float> nd;
   struct Shape {
     int rows, cols;
   };
@@ -753,31 +777,21 @@ TEST(LutGemmCuda, ClusterPairsEveryFusion) {
         }
         paired += cluster == 2;
 
-        std::vector<uint16_t> x16;
-        std::vector<float> x32, y0(size_t(n) * s.rows), xr(size_t(n) * s.cols), w(s.cols);
-        random_x(n, s.cols, rng, x16, x32);
-        for (auto& v : y0) v = nd(rng);
-        for (auto& v : xr) v = 3.0f * nd(rng);
-        for (auto& v : w) v = 1.0f + 0.2f * nd(rng);
-        const NormInput in = norm_input(xr, w, n, s.cols, eps);
-        DeviceBuf<uint16_t> d_x(x16), d_xn(in.xn);
-        DeviceBuf<float> d_xr(xr), d_w(w), d_parts(in.parts);
-        LutGemmFusion norm;
-        norm.norm_x = d_xr.p, norm.norm_w = d_w.p, norm.norm_sumsq = d_parts.p;
-        norm.norm_eps = eps;
+        const FusionInputs f(s.rows, s.cols, n, eps, rng);
+        const std::vector<float>& y0 = f.h.y0;
         const bool fusable = lut_gemm_cuda_norm_fusable(m.dev, n);
         struct Out {
           std::vector<float> plain, acc, sumsq, norm;
         };
         auto run_all = [&]() {
           Out o;
-          o.plain = run_fused(m, d_x.p, n, LutGemmFusion{}, y0);
+          o.plain = run_fused(m, f.d_x.p, n, LutGemmFusion{}, y0);
           DeviceBuf<float> d_ss(size_t(n) * tiles);
           LutGemmFusion acc;
           acc.accumulate = true, acc.sumsq_out = d_ss.p;
-          o.acc = run_fused(m, d_x.p, n, acc, y0);
+          o.acc = run_fused(m, f.d_x.p, n, acc, y0);
           o.sumsq = d_ss.download();
-          if (fusable) o.norm = run_fused(m, nullptr, n, norm, y0);
+          if (fusable) o.norm = run_fused(m, nullptr, n, f.norm, y0);
           return o;
         };
         const Out on = run_all();
@@ -792,11 +806,11 @@ TEST(LutGemmCuda, ClusterPairsEveryFusion) {
         EXPECT_EQ(on.sumsq, off.sumsq);
         EXPECT_EQ(on.norm, off.norm);
         if (fusable) {
-          EXPECT_EQ(on.norm, run_fused(m, d_xn.p, n, LutGemmFusion{}, y0)) << "norm";
+          EXPECT_EQ(on.norm, run_fused(m, f.d_xn.p, n, LutGemmFusion{}, y0)) << "norm";
         }
         if (s.rows % 16 == 0) {
           DeviceBuf<float> d_plain(on.plain);
-          expect_swiglu_fusion(m, d_x.p, d_plain.p, n);
+          expect_swiglu_fusion(m, f.d_x.p, d_plain.p, n);
         }
       }
     }
