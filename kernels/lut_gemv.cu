@@ -378,14 +378,17 @@ SQZ_HD int xs_offset(int col) {
 }
 
 // Which of the staging's (token, 16-column group) pairs, flattened token-major, this block
-// stages: all of them, or in a cluster of two blocks (GEMV_CLUSTER) its half, stored into
-// both blocks' x_s (peer: the other block's rank, else -1).
+// stages: all of them, or in a cluster of two blocks (launch_gemv's gemv_cluster) its half,
+// stored into both blocks' x_s (peer: the other block's rank, else -1). The kernel takes it
+// once; the norm weights loaded before its wait and the staging after it use the same one.
 struct StageShare {
   int begin, end, peer;
 };
-__device__ __forceinline__ StageShare stage_share(int total, uint32_t n_cta) {
-  if (n_cta == 1) return {0, total, -1};
-  const int half = (total + 1) / 2, rank = int(cluster_place().rank);
+template <int G>
+__device__ __forceinline__ StageShare stage_share(const GemvParams& p, ClusterPlace c) {
+  const int total = p.n_tokens * p.chunk_items * G * 8;  // 16-column groups per chunk
+  if (c.size == 1) return {0, total, -1};
+  const int half = (total + 1) / 2, rank = int(c.rank);
   return {rank * half, min(total, (rank + 1) * half), rank ^ 1};
 }
 
@@ -428,10 +431,10 @@ __device__ __forceinline__ void gemv_store_x_group(const GemvParams& p, uint8_t*
 // groups per thread before storing either, to overlap their latencies, made the kernel spill:
 // 3-bit 22016 x 4096 at one token 25.2 -> 30.6 us.)
 template <int BITS, int G, int THREADS>
-__device__ void gemv_stage_x(const GemvParams& p, uint8_t* xs, int chunk, uint32_t n_cta) {
+__device__ void gemv_stage_x(const GemvParams& p, uint8_t* xs, int chunk,
+                             const StageShare& share) {
   const int n_groups = p.chunk_items * G * 8;  // 16-column groups per token
   const int c0 = chunk * p.chunk_items * G * 128;
-  const StageShare share = stage_share(p.n_tokens * n_groups, n_cta);
   for (int i = share.begin + int(threadIdx.x); i < share.end; i += THREADS) {
     const int tok = i / n_groups, q = i - tok * n_groups, col = c0 + 16 * q;
     const uint16_t* src = p.x + int64_t(tok) * p.cols + col;
@@ -481,10 +484,9 @@ __device__ __forceinline__ void norm_load16(const float* v, int col, int cols, b
 // data, so the kernel loads them before pdl_wait and their round trip overlaps the previous
 // kernel.
 template <int G>
-__device__ __forceinline__ void gemv_norm_w_first(const GemvNormParams& p, uint32_t n_cta,
-                                                  float (&wv)[16]) {
+__device__ __forceinline__ void gemv_norm_w_first(const GemvNormParams& p,
+                                                  const StageShare& share, float (&wv)[16]) {
   const int n_groups = p.chunk_items * G * 8;
-  const StageShare share = stage_share(p.n_tokens * n_groups, n_cta);
   const int i = share.begin + int(threadIdx.x);
   if (i < share.end) norm_load16(p.norm_w, 16 * (i % n_groups), p.cols, norm_vec(p), wv);
 }
@@ -500,10 +502,9 @@ __device__ __forceinline__ void gemv_norm_w_first(const GemvNormParams& p, uint3
 // this kernel 6.7 us slower than the plain one at 7B: H100.)
 template <int BITS, int G, int THREADS>
 __device__ void gemv_stage_x_norm(const GemvNormParams& p, uint8_t* xs, float* red,
-                                  float (&wv)[16], uint32_t n_cta) {
+                                  float (&wv)[16], const StageShare& share) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int n_groups = p.chunk_items * G * 8;  // 16-column groups per token
-  const StageShare share = stage_share(p.n_tokens * n_groups, n_cta);
   const int first = share.begin + int(threadIdx.x);
   const bool vec = norm_vec(p);
   float xv[16];
@@ -647,7 +648,8 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
   // Launched in clusters of two blocks (one group each, x in one chunk: launch_gemv), each
   // block stages half of x into both blocks' x_s; the arrival here tells the peer that this
   // block's shared memory exists, and the wait for it comes just before the first store.
-  const uint32_t n_cta = NGRP == 1 ? cluster_place().size : 1;
+  const ClusterPlace place = NGRP == 1 ? cluster_place() : ClusterPlace{0, 1};
+  const uint32_t n_cta = place.size;
   if (n_cta > 1) cluster_arrive_relaxed();
   auto group_sync = [&]() {
     if constexpr (NGRP == 1)
@@ -788,8 +790,9 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
     load_csr(rp_cur, oe_cur);
     if (my_tiles > 1) load_rp(vblock + vgrid, rp_nxt);
   }
+  const StageShare share = stage_share<G>(p, place);  // this block's groups of x
   float nw_first[16];  // NORM: the norm weights of this thread's first group of x
-  if constexpr (NORM) gemv_norm_w_first<G>(p, n_cta, nw_first);
+  if constexpr (NORM) gemv_norm_w_first<G>(p, share, nw_first);
   // Everything above reads only the weights (index words, LUT, CSR row pointers, norm
   // weights): with PDL it overlaps the previous kernel; x and y belong to the earlier kernels
   // (kernels/pdl.cuh).
@@ -799,9 +802,9 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
   // (The norm staging's scratch: group 0's partial tiles, 8 floats per warp of the block.)
   if constexpr (NORM)
     gemv_stage_x_norm<BITS, G, kGemvThreads * NGRP>(
-        p, xs, reinterpret_cast<float*>(smem + p.xs_bytes), nw_first, n_cta);
+        p, xs, reinterpret_cast<float*>(smem + p.xs_bytes), nw_first, share);
   else if (p.n_chunks == 1)
-    gemv_stage_x<BITS, G, kGemvThreads * NGRP>(p, xs, 0, n_cta);
+    gemv_stage_x<BITS, G, kGemvThreads * NGRP>(p, xs, 0, share);
   // Both halves of x are in x_s once the cluster's barrier is passed; the peer writes no more
   // into this block's shared memory after it, so either block may leave before the other.
   if (n_cta > 1)
@@ -912,7 +915,7 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
       const int item0 = c * p.chunk_items, item1 = min(item0 + p.chunk_items, p.n_items);
       if (!NORM && NGRP == 1 && p.n_chunks > 1) {
         __syncthreads();  // everyone is done with the previous chunk
-        gemv_stage_x<BITS, G, kGemvThreads>(p, xs, c, 1);
+        gemv_stage_x<BITS, G, kGemvThreads>(p, xs, c, stage_share<G>(p, ClusterPlace{0, 1}));
         __syncthreads();
       }
       for (int item = item0 + warp; item < item1; item += kGemvWarps) {
