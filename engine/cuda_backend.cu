@@ -57,6 +57,7 @@
 #include "kernels/embedding.h"
 #include "kernels/lut_dequant.h"
 #include "kernels/lut_gemv.h"
+#include "kernels/lut_grid.h"
 #include "kernels/packed_layout.h"
 #include "kernels/parallel.h"
 #include "kernels/rmsnorm.h"
@@ -94,6 +95,7 @@ struct DevicePart {
   bool borrowed = false;  // dense weights owned elsewhere (classifier shared with embedding)
   uint16_t* w = nullptr;  // DENSE: fp16 [rows, cols]
   PackedMatrix pm;        // PACKED: device pointers
+  bool grid = false;      // PACKED: every LUT row on a grid (pm.grid: kernels/lut_grid.h)
   std::vector<const LinearWeight*> src;
 };
 
@@ -208,6 +210,19 @@ DeviceLinear plan_linear(const std::vector<const LinearWeight*>& srcs) {
     last->src.push_back(w);
     if (packed) last->pm.rows = last->rows, last->pm.nnz += w->nnz;
     L.rows += w->rows;
+  }
+  // Packed parts whose LUT rows all lie on a grid get the GEMV's 8-bit code rows too.
+  for (DevicePart& p : L.parts) {
+    if (!p.packed || !lut_grid_used(p.pm.bits)) continue;
+    const size_t n_lut = size_t(1) << p.pm.bits;
+    uint16_t row[16];
+    uint8_t codes[32];
+    p.grid = true;
+    for (const LinearWeight* w : p.src)
+      for (int r = 0; r < w->rows && p.grid; r++) {
+        std::memcpy(row, w->lut + r * n_lut, n_lut * 2);  // the file's arrays may be unaligned
+        p.grid = lut_grid_row(row, p.pm.bits, codes);
+      }
   }
   return L;
 }
@@ -362,6 +377,7 @@ class CudaBackend : public Backend {
       }
       p.pm.indices = a.take<uint8_t>(size_t(gpu_tiled_bytes(p.rows, p.pm.row_bytes)));
       p.pm.lut = a.take<uint16_t>(size_t(p.rows) << p.pm.bits);
+      if (p.grid) p.pm.grid = a.take<uint8_t>(size_t(p.rows) * lut_grid_row_bytes(p.pm.bits));
       p.pm.row_ptr = a.take<int32_t>(size_t(p.rows) + 1);
       p.pm.outliers = a.take<uint32_t>(size_t(p.pm.nnz));  // col | value << 16
     }
@@ -484,6 +500,14 @@ class CudaBackend : public Backend {
       });
       up(p.pm.indices, tiled.data(), tiled.size());
       up(p.pm.lut, lut.data(), lut.size() * 2);
+      if (p.grid) {
+        const size_t gb = size_t(lut_grid_row_bytes(p.pm.bits));
+        std::vector<uint8_t> grid(size_t(p.rows) * gb);
+        for (int d = 0; d < p.rows; d++)
+          if (!lut_grid_row(&lut[d * n_lut], p.pm.bits, &grid[d * gb]))
+            throw std::logic_error("cuda backend: a LUT row left the grid between plan and upload");
+        up(p.pm.grid, grid.data(), grid.size());
+      }
       up(p.pm.row_ptr, row_ptr.data(), row_ptr.size() * 4);
       std::vector<uint32_t> words(static_cast<size_t>(nnz));
       pack_outliers(col.data(), val.data(), nnz, words.data());

@@ -43,6 +43,7 @@
 #include "kernels/cluster.cuh"
 #include "kernels/cuda_util.cuh"
 #include "kernels/lut_gemv.h"
+#include "kernels/lut_grid.h"
 #include "kernels/mma.cuh"
 #include "kernels/packed_layout.h"
 #include "kernels/pdl.cuh"
@@ -146,25 +147,41 @@ __device__ __forceinline__ void load_quarter(const uint8_t* part1, const uint8_t
 }
 
 // Four weights whose 3-bit (or 2-bit) indices are the nibbles of sel[15:0] (bit 3 clear):
-// half2 of nibbles 0,1 -> a, nibbles 2,3 -> b.
-template <int BITS>
+// half2 of nibbles 0,1 -> a, nibbles 2,3 -> b. GRID (kernels/lut_grid.h): lo[] holds the
+// row's 8-bit codes, one lookup gives the four codes and two permutes spread them into fp16
+// subnormal pairs (code, 0).
+template <int BITS, bool GRID>
 SQZ_HD void lookup4_small(uint32_t sel, const LutPlanes<BITS>& l, uint32_t& a, uint32_t& b) {
-  const uint32_t lo = prmt(l.lo[0], l.lo[kLutPlanes<BITS> - 1], sel);
-  const uint32_t hi = prmt(l.hi[0], l.hi[kLutPlanes<BITS> - 1], sel);
-  a = prmt(lo, hi, 0x5140);
-  b = prmt(lo, hi, 0x7362);
+  if constexpr (GRID) {
+    const uint32_t c = prmt(l.lo[0], l.lo[kLutPlanes<BITS> - 1], sel);
+    a = prmt(c, 0u, 0x4140);
+    b = prmt(c, 0u, 0x4342);
+  } else {
+    const uint32_t lo = prmt(l.lo[0], l.lo[kLutPlanes<BITS> - 1], sel);
+    const uint32_t hi = prmt(l.hi[0], l.hi[kLutPlanes<BITS> - 1], sel);
+    a = prmt(lo, hi, 0x5140);
+    b = prmt(lo, hi, 0x7362);
+  }
 }
 
 // Same for 4-bit indices: sel holds the low 3 bits, byte k of m is 0xff where index k >= 8.
+template <bool GRID>
 SQZ_HD void lookup4_16(uint32_t sel, uint32_t m, const LutPlanes<4>& l, uint32_t& a, uint32_t& b) {
-  const uint32_t lo = (prmt(l.lo[0], l.lo[1], sel) & ~m) | (prmt(l.lo[2], l.lo[3], sel) & m);
-  const uint32_t hi = (prmt(l.hi[0], l.hi[1], sel) & ~m) | (prmt(l.hi[2], l.hi[3], sel) & m);
-  a = prmt(lo, hi, 0x5140);
-  b = prmt(lo, hi, 0x7362);
+  if constexpr (GRID) {
+    const uint32_t c = (prmt(l.lo[0], l.lo[1], sel) & ~m) | (prmt(l.lo[2], l.lo[3], sel) & m);
+    a = prmt(c, 0u, 0x4140);
+    b = prmt(c, 0u, 0x4342);
+  } else {
+    const uint32_t lo = (prmt(l.lo[0], l.lo[1], sel) & ~m) | (prmt(l.lo[2], l.lo[3], sel) & m);
+    const uint32_t hi = (prmt(l.hi[0], l.hi[1], sel) & ~m) | (prmt(l.hi[2], l.hi[3], sel) & m);
+    a = prmt(lo, hi, 0x5140);
+    b = prmt(lo, hi, 0x7362);
+  }
 }
 
-// One quarter-unit -> 16 half2 pairs in decode order (see the top of the file).
-template <int BITS>
+// One quarter-unit -> 16 half2 pairs in decode order (see the top of the file); GRID: codes
+// as fp16 subnormals (lookup4_small).
+template <int BITS, bool GRID = false>
 SQZ_HD void decode_quarter(const uint32_t (&w)[kQuarterWords<BITS>], const LutPlanes<BITS>& l,
                            uint32_t (&p)[16]) {
   if constexpr (BITS == 4) {
@@ -173,8 +190,8 @@ SQZ_HD void decode_quarter(const uint32_t (&w)[kQuarterWords<BITS>], const LutPl
       const uint32_t v = w[j], s = v & 0x77777777u;
       // msb of the bytes of (v << 4 : v) are the index bits 3 of nibbles 0,1,2,.. in turn
       const uint32_t m0 = prmt(v << 4, v, 0xD9C8), m1 = prmt(v << 4, v, 0xFBEA);
-      lookup4_16(s, m0, l, p[4 * j], p[4 * j + 1]);
-      lookup4_16(s >> 16, m1, l, p[4 * j + 2], p[4 * j + 3]);
+      lookup4_16<GRID>(s, m0, l, p[4 * j], p[4 * j + 1]);
+      lookup4_16<GRID>(s >> 16, m1, l, p[4 * j + 2], p[4 * j + 3]);
     }
   } else {
     // Selectors of four 8-column groups, nibble k = column 2k (+1, +16, +17):
@@ -190,8 +207,8 @@ SQZ_HD void decode_quarter(const uint32_t (&w)[kQuarterWords<BITS>], const LutPl
     }
     SQZ_UNROLL
     for (int i = 0; i < 4; i++) {  // i: even 0..14, odd 1..15, even 16..30, odd 17..31
-      lookup4_small<BITS>(sel[i], l, p[4 * i + 0], p[4 * i + 1]);        // columns 0 2 | 4 6
-      lookup4_small<BITS>(sel[i] >> 16, l, p[4 * i + 2], p[4 * i + 3]);  // 8 10 | 12 14
+      lookup4_small<BITS, GRID>(sel[i], l, p[4 * i + 0], p[4 * i + 1]);  // columns 0 2 | 4 6
+      lookup4_small<BITS, GRID>(sel[i] >> 16, l, p[4 * i + 2], p[4 * i + 3]);  // 8 10 | 12 14
     }
   }
 }
@@ -354,7 +371,7 @@ __device__ __forceinline__ int red_col(int row, int col) {
     return col;
 }
 
-template <int NTILE, bool COMPACT = false>
+template <int NTILE, bool COMPACT = false, bool GRID = false>
 struct alignas(16) GemvShared {
   static constexpr int kRow = kRedRow<NTILE, COMPACT>;
   float red[2][kGemvWarps][kTileRows][kRow];  // [tile parity][warp][row][token]
@@ -564,21 +581,22 @@ __device__ __forceinline__ TileMeta<BITS> gemv_load_meta(const GemvParams& p, in
   return m;
 }
 
-template <int BITS, int NTILE, bool COMPACT>
+template <int BITS, bool GRID, int NTILE, bool COMPACT>
 __device__ __forceinline__ void gemv_store_meta(const TileMeta<BITS>& m,
-                                                GemvShared<NTILE, COMPACT>& sh, int buf) {
+                                                GemvShared<NTILE, COMPACT, GRID>& sh, int buf) {
   // 3 and 2 bits: stored as byte planes, so each warp loads a row's LutPlanes with one load:
   // row r = lo[0..P) hi[0..P) (P = kLutPlanes); chunk i (entries 4c..4c+3 of row i / P) gives
   // lo[c] and hi[c]. 4 bits: the entries as they are, each warp makes the planes (with the
   // 4-bit kernel at the 80-register cap of 3 blocks per SM, loading its planes here instead
   // made it 25% slower at 8 tokens, 22016 x 4096, H100; not measured since it has 128).
+  // GRID: the grid rows as they are (codes | scale | offset).
   constexpr int P = kLutPlanes<BITS>;
   const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int j = 0; j < TileMeta<BITS>::kPerLane; j++) {
     const int i = lane + 32 * j;
     if (i >= TileMeta<BITS>::kChunks) continue;
-    if constexpr (BITS == 4) {
+    if constexpr (BITS == 4 || GRID) {
       reinterpret_cast<uint2*>(sh.lut[buf])[i] = m.lut[j];
     } else {
       uint32_t* row = reinterpret_cast<uint32_t*>(sh.lut[buf] + (i / P) * kLutRowBytes<BITS>);
@@ -587,11 +605,17 @@ __device__ __forceinline__ void gemv_store_meta(const TileMeta<BITS>& m,
   }
 }
 
-// A tile row's LUT planes from shared memory (gemv_store_meta's layouts).
-template <int BITS>
+// A tile row's LUT planes from shared memory (gemv_store_meta's layouts). GRID: lo[] = the
+// codes, hi[0] = the scale's bits, hi[1] = the offset's.
+template <int BITS, bool GRID = false>
 __device__ __forceinline__ void gemv_lut_planes(const uint8_t* row, LutPlanes<BITS>& l) {
   constexpr int P = kLutPlanes<BITS>;
-  if constexpr (P == 1) {  // lo0 hi0
+  if constexpr (GRID && P == 4) {  // codes 0..15 | scale offset 0 0
+    const uint4 c = *reinterpret_cast<const uint4*>(row);
+    const uint2 so = *reinterpret_cast<const uint2*>(row + 16);
+    l.lo[0] = c.x, l.lo[1] = c.y, l.lo[2] = c.z, l.lo[3] = c.w;
+    l.hi[0] = so.x, l.hi[1] = so.y, l.hi[2] = l.hi[3] = 0;
+  } else if constexpr (P == 1) {  // lo0 hi0
     const uint2 v = *reinterpret_cast<const uint2*>(row);
     l.lo[0] = v.x, l.hi[0] = v.y;
   } else if constexpr (P == 2) {  // lo0 lo1 hi0 hi1
@@ -630,7 +654,14 @@ __device__ __forceinline__ int warp_transpose_index(int lane) {
 // as block b + gr gridDim.x of a grid NGRP times larger, so that the first round's extra
 // tiles go to the groups 0 of different blocks, one per SM), with its own barrier; x in one
 // chunk.
-template <int BITS, int NTILE, int G, bool NORM = false, int NGRP = 1>
+// GRID: p.lut holds grid rows (kernels/lut_grid.h; the same bytes per row as the fp16 LUT):
+// the weights are decoded to codes, and a second mma per k-step with A = ones sums x over the
+// same columns (fp32, as the products are), so each warp's partial tile is
+//   2^(e+24) (sum of code 2^-24 x) + z 2^e (sum of x)
+// per row before the cross-warp sum. (Summing x separately over x_s after the staging, with
+// the offset added in the epilogue, made the 8-token GEMVs slower than the fp16 decode:
+// 4096 x 4096 7.74 -> 9.46 us, H100; the ones-mma needs no loads and no barrier.)
+template <int BITS, int NTILE, int G, bool NORM = false, int NGRP = 1, bool GRID = false>
 __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
     lut_gemv_kernel(const GemvParamsOf<NORM> p) {
   constexpr int QW = kQuarterWords<BITS>, NT8 = 8 * NTILE;
@@ -641,7 +672,7 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
   const int grp = NGRP == 1 ? 0 : int(threadIdx.x) / kGemvThreads;
   const int tid = NGRP == 1 ? int(threadIdx.x) : int(threadIdx.x) % kGemvThreads;
   constexpr bool COMPACT = compact_red<NTILE, G>();
-  using Shared = GemvShared<NTILE, COMPACT>;
+  using Shared = GemvShared<NTILE, COMPACT, GRID>;
   Shared& sh = reinterpret_cast<Shared*>(smem + p.xs_bytes)[grp];
   // The group's place in the grid of groups.
   const int vblock = int(blockIdx.x) + grp * int(gridDim.x), vgrid = int(gridDim.x) * NGRP;
@@ -761,7 +792,7 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
   }
   TileMeta<BITS> meta;
   if (warp == kMetaWarp)
-    gemv_store_meta<BITS, NTILE>(gemv_load_meta<BITS>(p, vblock), sh, 0);
+    gemv_store_meta<BITS, GRID>(gemv_load_meta<BITS>(p, vblock), sh, 0);
   if (tid < 128) sh.xs_perm[tid] = uint8_t(xs_offset<BITS>(tid));
 
   // Outliers of this lane's rows (o_row, o_row + 8 of each tile), a tile ahead: while tile k
@@ -817,8 +848,8 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
     const int tile = vblock + k * vgrid, par = k & 1;
     if (warp == kMetaWarp && k + 1 < my_tiles) meta = gemv_load_meta<BITS>(p, tile + vgrid);
     LutPlanes<BITS> lut0, lut1;
-    gemv_lut_planes<BITS>(sh.lut[par] + g * kLutRowBytes<BITS>, lut0);
-    gemv_lut_planes<BITS>(sh.lut[par] + (g + 8) * kLutRowBytes<BITS>, lut1);
+    gemv_lut_planes<BITS, GRID>(sh.lut[par] + g * kLutRowBytes<BITS>, lut0);
+    gemv_lut_planes<BITS, GRID>(sh.lut[par] + (g + 8) * kLutRowBytes<BITS>, lut1);
     int rp_nn[4] = {0, 0, 0, 0};
     if (has_outliers && k + 1 < my_tiles) {
       load_csr(rp_nxt, oe_nxt);
@@ -826,11 +857,17 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
     }
 
     float acc[2][NTILE][4];
+    // GRID: the sums of x over the same columns (every row the same), two chains like acc.
+    float ones[2][NTILE][4];
 #pragma unroll
     for (int a = 0; a < 2; a++)
 #pragma unroll
       for (int nt = 0; nt < NTILE; nt++)
-        acc[a][nt][0] = acc[a][nt][1] = acc[a][nt][2] = acc[a][nt][3] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+          acc[a][nt][i] = 0.0f;
+          ones[a][nt][i] = 0.0f;
+        }
 
     // Outliers of rows o_row, o_row + 8 (before the items: x_s is staged for the whole tile, or
     // x is read from global; their latency then is not the last thing before the barrier):
@@ -929,8 +966,8 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
           uint32_t w0[QW], w1[QW], p0[16], p1[16];
           read_quarter(stage, u, 0, w0);
           read_quarter(stage, u, 1, w1);
-          decode_quarter<BITS>(w0, lut0, p0);
-          decode_quarter<BITS>(w1, lut1, p1);
+          decode_quarter<BITS, GRID>(w0, lut0, p0);
+          decode_quarter<BITS, GRID>(w1, lut1, p1);
 #pragma unroll
           for (int m = 0; m < 8; m += 2) {
 #pragma unroll
@@ -941,6 +978,11 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
                         b.y);
               mma_16816(acc[u & 1][nt], p0[2 * m + 2], p1[2 * m + 2], p0[2 * m + 3],
                         p1[2 * m + 3], b.z, b.w);
+              if constexpr (GRID) {
+                constexpr uint32_t k1 = 0x3c003c00u;  // fp16 1.0 pairs
+                mma_16816(ones[u & 1][nt], k1, k1, k1, k1, b.x, b.y);
+                mma_16816(ones[u & 1][nt], k1, k1, k1, k1, b.z, b.w);
+              }
             }
           }
         }
@@ -949,7 +991,23 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
     }
 
     // Sum the warps' partial tiles (fixed order), add the outliers, store. (One token: every
-    // column of D is token 0; its outlier sums go into column 0.)
+    // column of D is token 0; its outlier sums go into column 0.) GRID: the codes' sums
+    // scaled by 2^(e+24) and the offset times the sum of x added first.
+    if constexpr (GRID) {  // rows g: lut0's scale and offset, g + 8: lut1's
+      const float s0 = __uint_as_float(lut0.hi[0]), s1 = __uint_as_float(lut1.hi[0]);
+      const float o0 = __uint_as_float(lut0.hi[1]), o1 = __uint_as_float(lut1.hi[1]);
+#pragma unroll
+      for (int nt = 0; nt < NTILE; nt++) {
+        float(&a0)[4] = acc[0][nt];
+        const float(&a1)[4] = acc[1][nt];
+        float x[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) x[i] = ones[0][nt][i] + ones[1][nt][i];
+        a0[0] = (a0[0] + a1[0]) * s0 + x[0] * o0, a0[1] = (a0[1] + a1[1]) * s0 + x[1] * o0;
+        a0[2] = (a0[2] + a1[2]) * s1 + x[2] * o1, a0[3] = (a0[3] + a1[3]) * s1 + x[3] * o1;
+        acc[1][nt][0] = acc[1][nt][1] = acc[1][nt][2] = acc[1][nt][3] = 0.0f;
+      }
+    }
     if (outl_own_rows && has_outliers) acc[0][0][0] += o_sum[0], acc[0][0][2] += o_sum[1];
 #pragma unroll
     for (int nt = 0; nt < NTILE; nt++) {
@@ -961,7 +1019,7 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
           make_float2(acc[0][nt][2] + acc[1][nt][2], acc[0][nt][3] + acc[1][nt][3]);
     }
     if (warp == kMetaWarp && k + 1 < my_tiles)
-      gemv_store_meta<BITS, NTILE>(meta, sh, par ^ 1);
+      gemv_store_meta<BITS, GRID>(meta, sh, par ^ 1);
 #pragma unroll
     for (int i = 0; i < 4; i++) rp_cur[i] = rp_nxt[i], rp_nxt[i] = rp_nn[i];
 #pragma unroll
@@ -1232,41 +1290,47 @@ struct GemvVariant {
   int shared_bytes;
 };
 
-template <int BITS, int NTILE, int G, bool NORM, int NGRP>
+template <int BITS, int NTILE, int G, bool NORM, int NGRP, bool GRID>
 GemvVariant<NORM> gemv_variant_of() {
-  return {lut_gemv_kernel<BITS, NTILE, G, NORM, NGRP>,
-          int(sizeof(GemvShared<NTILE, compact_red<NTILE, G>()>))};
+  return {lut_gemv_kernel<BITS, NTILE, G, NORM, NGRP, GRID>,
+          int(sizeof(GemvShared<NTILE, compact_red<NTILE, G>(), GRID>))};
 }
 
 // The GEMV instantiation for items of g units and ngrp groups of 8 warps: g = kItemUnits or
 // 2 (3/2 bits), and 1 with two groups (choose_gemv). Launch, occupancy, the shared-memory
 // limit and the plan's shared-memory size all take their kernel from here.
-template <int BITS, int NTILE, bool NORM>
+template <int BITS, int NTILE, bool NORM, bool GRID>
 GemvVariant<NORM> gemv_variant(int g, int ngrp) {
   constexpr int G = kItemUnits<BITS>;
-  if (g == G) return ngrp == 2 ? gemv_variant_of<BITS, NTILE, G, NORM, 2>()
-                               : gemv_variant_of<BITS, NTILE, G, NORM, 1>();
-  if (g == 2) return ngrp == 2 ? gemv_variant_of<BITS, NTILE, 2, NORM, 2>()
-                               : gemv_variant_of<BITS, NTILE, 2, NORM, 1>();
-  if (g == 1 && ngrp == 2) return gemv_variant_of<BITS, NTILE, 1, NORM, 2>();
+  if (g == G) return ngrp == 2 ? gemv_variant_of<BITS, NTILE, G, NORM, 2, GRID>()
+                               : gemv_variant_of<BITS, NTILE, G, NORM, 1, GRID>();
+  if (g == 2) return ngrp == 2 ? gemv_variant_of<BITS, NTILE, 2, NORM, 2, GRID>()
+                               : gemv_variant_of<BITS, NTILE, 2, NORM, 1, GRID>();
+  if (g == 1 && ngrp == 2) return gemv_variant_of<BITS, NTILE, 1, NORM, 2, GRID>();
   throw std::logic_error("lut_gemm_cuda: no GEMV kernel for items of " + std::to_string(g) +
                          " units in " + std::to_string(ngrp) + " groups");
 }
 
 // Every kernel gemv_variant gives for NTILE and NORM: G, G / 2, ..., 1 units per item (1 only
 // with two groups).
-template <int BITS, int NTILE, bool NORM>
+template <int BITS, int NTILE, bool NORM, bool GRID>
 void allow_smem_gemv(int smem) {
   for (int ngrp : {1, 2})
     for (int g = kItemUnits<BITS>; g >= (ngrp == 2 ? 1 : 2); g /= 2)
-      allow_smem(gemv_variant<BITS, NTILE, NORM>(g, ngrp).kernel, smem);
+      allow_smem(gemv_variant<BITS, NTILE, NORM, GRID>(g, ngrp).kernel, smem);
+}
+
+template <int BITS, bool GRID>
+void init_gemv(int smem) {
+  allow_smem_gemv<BITS, 1, false, GRID>(smem);
+  if constexpr (!GRID) allow_smem_gemv<BITS, 2, false, GRID>(smem);  // launch_bits
+  allow_smem_gemv<BITS, 1, true, GRID>(smem);
 }
 
 template <int BITS>
 void init_bits(int smem) {
-  allow_smem_gemv<BITS, 1, false>(smem);
-  allow_smem_gemv<BITS, 2, false>(smem);
-  allow_smem_gemv<BITS, 1, true>(smem);
+  init_gemv<BITS, false>(smem);
+  if constexpr (BITS == 4) init_gemv<BITS, true>(smem);  // lut_grid_used
   allow_smem(lut_gemm_kernel<BITS, 128, 128, 4, 4>, smem);
   allow_smem(lut_gemm_kernel<BITS, 64, 64, 2, 2>, smem);
 }
@@ -1320,14 +1384,15 @@ struct GemvPlan {
 
 // The plan of gemv_variant(g, ngrp); blocks = 0 where it cannot run (two groups when x needs
 // chunks or the block does not fit).
-template <int BITS, int NTILE, bool NORM>
+template <int BITS, int NTILE, bool NORM, bool GRID>
 GemvPlan<NORM> plan_gemv(int g, int ngrp, const PackedMatrix& w, const uint16_t* x, int n_tokens,
                          float* y, const LutGemmFusion& f, const DeviceInfo& dev) {
-  const GemvVariant<NORM> v = gemv_variant<BITS, NTILE, NORM>(g, ngrp);
+  const GemvVariant<NORM> v = gemv_variant<BITS, NTILE, NORM, GRID>(g, ngrp);
   GemvPlan<NORM> c;
   c.g = g, c.ngrp = ngrp;
   GemvParamsOf<NORM>& p = c.p;
   static_cast<LinearParams&>(p) = linear_params(w, x, n_tokens, y);
+  if constexpr (GRID) p.lut = reinterpret_cast<const uint16_t*>(w.grid);  // same bytes per row
   p.accumulate = f.accumulate, p.swiglu_out = f.swiglu_out, p.sumsq_out = f.sumsq_out;
   if constexpr (NORM)
     p.norm_x = f.norm_x, p.norm_w = f.norm_w, p.norm_sumsq = f.norm_sumsq, p.norm_eps = f.norm_eps;
@@ -1363,12 +1428,12 @@ GemvPlan<NORM> plan_gemv(int g, int ngrp, const PackedMatrix& w, const uint16_t*
 // x of 64 KB at K = 4096 (2 blocks per SM instead of 1) or 172 KB at K = 11008 (one chunk
 // instead of two). Measured: tg128 batch 8 on LLaMA-7B 3-bit 5.05 -> 3.75 ms per step. Not
 // otherwise: at one token, 3 blocks of G = 2 against 2 of G = 4 (down, K = 11008) was 20% slower.
-template <int BITS, int NTILE, bool NORM>
+template <int BITS, int NTILE, bool NORM, bool GRID>
 GemvPlan<NORM> choose_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
                            const LutGemmFusion& f, const DeviceInfo& dev) {
   constexpr int G = kItemUnits<BITS>;
   auto plan = [&](int g, int ngrp) {
-    return plan_gemv<BITS, NTILE, NORM>(g, ngrp, w, x, n_tokens, y, f, dev);
+    return plan_gemv<BITS, NTILE, NORM, GRID>(g, ngrp, w, x, n_tokens, y, f, dev);
   };
   GemvPlan<NORM> a = plan(G, 1);
   if (G != 2 && (a.blocks == 1 || a.p.n_chunks > 1)) {  // else there is nothing G = 2 could improve
@@ -1417,25 +1482,33 @@ int gemv_cluster(const GemvPlan<NORM>& c, int grid, const DeviceInfo& dev) {
   return x_bytes >= kGemvClusterMinXBytes ? 2 : 1;
 }
 
-template <int BITS, int NTILE, bool NORM = false>
+template <int BITS, bool GRID, int NTILE, bool NORM = false>
 void launch_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
                  const LutGemmFusion& f, cudaStream_t stream, const DeviceInfo& dev) {
-  const GemvPlan<NORM> c = choose_gemv<BITS, NTILE, NORM>(w, x, n_tokens, y, f, dev);
+  const GemvPlan<NORM> c = choose_gemv<BITS, NTILE, NORM, GRID>(w, x, n_tokens, y, f, dev);
   if (NORM && c.p.n_chunks > 1)
     throw std::invalid_argument("lut_gemm_cuda: the norm fusion needs x (" +
                                 std::to_string(n_tokens) + " x " + std::to_string(w.cols) +
                                 ") in shared memory in one piece (lut_gemm_cuda_norm_fusable)");
   const int grid = std::min((c.p.n_tiles + c.ngrp - 1) / c.ngrp, dev.n_sms * c.blocks);
   g_last_cluster = gemv_cluster(c, grid, dev);
-  launch_pdl_cluster(gemv_variant<BITS, NTILE, NORM>(c.g, c.ngrp).kernel, grid,
+  launch_pdl_cluster(gemv_variant<BITS, NTILE, NORM, GRID>(c.g, c.ngrp).kernel, grid,
                      kGemvThreads * c.ngrp, c.smem, stream, g_last_cluster, c.p);
 }
 
+// Whether the GEMV decodes w's grid rows (kernels/lut_grid.h): w.grid set, 3 or 4 bits, and
+// not turned off by SQZ_GEMV_GRID=0 in the environment (for A/B measurements and tests).
+bool gemv_grid(const PackedMatrix& w) {
+  if (!w.grid || !lut_grid_used(w.bits)) return false;
+  const char* env = std::getenv("SQZ_GEMV_GRID");
+  return !env || std::atoi(env) != 0;
+}
+
 // Whether the norm variant launch_gemv would launch has x in one chunk.
-template <int BITS>
+template <int BITS, bool GRID>
 bool norm_one_chunk(const PackedMatrix& w, int n_tokens, const DeviceInfo& dev) {
   const LutGemmFusion f;
-  return choose_gemv<BITS, 1, true>(w, nullptr, n_tokens, nullptr, f, dev).p.n_chunks == 1;
+  return choose_gemv<BITS, 1, true, GRID>(w, nullptr, n_tokens, nullptr, f, dev).p.n_chunks == 1;
 }
 
 template <int BITS, int BM, int BN, int MT, int NT>
@@ -1458,13 +1531,13 @@ void launch_gemm(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* 
     launch_gemm_tile<BITS, 64, 64, 2, 2>(p, stream);
 }
 
-template <int BITS>
+template <int BITS, bool GRID>
 void launch_bits(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
                  const LutGemmFusion& f, cudaStream_t stream, const DeviceInfo& dev) {
   if (f.norm_x) {
-    launch_gemv<BITS, 1, true>(w, x, n_tokens, y, f, stream, dev);
+    launch_gemv<BITS, GRID, 1, true>(w, x, n_tokens, y, f, stream, dev);
   } else if (n_tokens <= kGemvChunkTokens) {
-    launch_gemv<BITS, 1>(w, x, n_tokens, y, f, stream, dev);
+    launch_gemv<BITS, GRID, 1>(w, x, n_tokens, y, f, stream, dev);
   } else if (n_tokens <= kMaxGemvTokens) {
     // Pieces of at most 16 tokens (sizes differing by at most one), one launch each: NTILE 2
     // for 9..16 when x of the piece fits the shared memory in one chunk, else pieces of at
@@ -1474,7 +1547,7 @@ void launch_bits(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* 
     const int p16 = (n_tokens + kMaxNtile2Tokens - 1) / kMaxNtile2Tokens;
     const int n16 = (n_tokens + p16 - 1) / p16;  // the largest piece of 16-token pieces
     const bool fits = n16 <= kGemvChunkTokens ||
-                      choose_gemv<BITS, 2, false>(w, x, n16, y, f, dev).p.n_chunks == 1;
+                      choose_gemv<BITS, 2, false, false>(w, x, n16, y, f, dev).p.n_chunks == 1;
     const int piece = fits ? kMaxNtile2Tokens : kGemvChunkTokens;
     const int n_pieces = (n_tokens + piece - 1) / piece;
     const int n_tiles = (w.rows + kTileRows - 1) / kTileRows;
@@ -1486,9 +1559,9 @@ void launch_bits(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* 
       const uint16_t* xc = x + int64_t(t0) * w.cols;
       float* yc = y ? y + int64_t(t0) * w.rows : y;
       if (n <= kGemvChunkTokens)
-        launch_gemv<BITS, 1>(w, xc, n, yc, fc, stream, dev);
-      else
-        launch_gemv<BITS, 2>(w, xc, n, yc, fc, stream, dev);
+        launch_gemv<BITS, GRID, 1>(w, xc, n, yc, fc, stream, dev);
+      else  // fp16 entries: the grid's second mma made the 16-token kernels spill
+        launch_gemv<BITS, false, 2>(w, xc, n, yc, fc, stream, dev);
       t0 += n;
     }
   } else {
@@ -1504,8 +1577,10 @@ bool lut_gemm_cuda_norm_fusable(const PackedMatrix& w, int n_tokens) {
   if (n_tokens < 1 || n_tokens > kLutGemvNormMaxTokens || w.bits < 2 || w.bits > 4 || w.cols <= 0)
     return false;
   const DeviceInfo& dev = device_info();
-  if (w.bits == 2) return norm_one_chunk<2>(w, n_tokens, dev);
-  return w.bits == 3 ? norm_one_chunk<3>(w, n_tokens, dev) : norm_one_chunk<4>(w, n_tokens, dev);
+  if (w.bits == 2) return norm_one_chunk<2, false>(w, n_tokens, dev);
+  if (w.bits == 3) return norm_one_chunk<3, false>(w, n_tokens, dev);
+  return gemv_grid(w) ? norm_one_chunk<4, true>(w, n_tokens, dev)
+                      : norm_one_chunk<4, false>(w, n_tokens, dev);
 }
 
 void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* y,
@@ -1529,8 +1604,9 @@ void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float
                                 " != packed_row_bytes " +
                                 std::to_string(packed_row_bytes(w.cols, w.bits)));
   if (reinterpret_cast<uintptr_t>(w.indices) % 16 != 0 ||
-      reinterpret_cast<uintptr_t>(w.lut) % 8 != 0)
-    throw std::invalid_argument("lut_gemm_cuda: indices must be 16-byte and lut 8-byte aligned");
+      reinterpret_cast<uintptr_t>(w.lut) % 8 != 0 || reinterpret_cast<uintptr_t>(w.grid) % 16 != 0)
+    throw std::invalid_argument(
+        "lut_gemm_cuda: indices and grid must be 16-byte and lut 8-byte aligned");
   check_gpu_outliers(w, "lut_gemm_cuda");
   const bool fused = f.accumulate || f.swiglu_out || f.norm_x || f.sumsq_out;
   if (fused && n_tokens > kLutGemvMaxTokens)
@@ -1550,15 +1626,19 @@ void lut_gemm_cuda(const PackedMatrix& w, const uint16_t* x, int n_tokens, float
     throw std::invalid_argument("lut_gemm_cuda: sumsq_out and swiglu_out together");
   const DeviceInfo& dev = device_info();
   if (n_tokens == 0 || w.rows == 0) return;
+  const bool grid = gemv_grid(w);
   switch (w.bits) {
     case 2:
-      launch_bits<2>(w, x, n_tokens, y, f, stream, dev);
+      launch_bits<2, false>(w, x, n_tokens, y, f, stream, dev);
       break;
     case 3:
-      launch_bits<3>(w, x, n_tokens, y, f, stream, dev);
+      launch_bits<3, false>(w, x, n_tokens, y, f, stream, dev);
       break;
     default:
-      launch_bits<4>(w, x, n_tokens, y, f, stream, dev);
+      if (grid)
+        launch_bits<4, true>(w, x, n_tokens, y, f, stream, dev);
+      else
+        launch_bits<4, false>(w, x, n_tokens, y, f, stream, dev);
       break;
   }
 }

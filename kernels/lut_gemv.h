@@ -15,6 +15,11 @@ struct PackedMatrix {
   const uint8_t* indices = nullptr;
   int64_t row_bytes = 0;
   const uint16_t* lut = nullptr;     // [rows, 2^bits] fp16
+  // On the device, optional: where every row of lut is on a grid, the rows in the GEMV's form
+  // (lut_grid_row, kernels/lut_grid.h), [rows, lut_grid_row_bytes(bits)], 16-byte aligned; the
+  // GEMV launches of up to 8 tokens then decode codes (SQZ_GEMV_GRID=0 in the environment: not).
+  // Null: fp16 entries. The other kernels read lut.
+  const uint8_t* grid = nullptr;
   const int32_t* row_ptr = nullptr;  // [rows + 1]
   const int32_t* col_idx = nullptr;  // [nnz] (CPU)
   const uint16_t* values = nullptr;  // [nnz] fp16 (CPU)

@@ -289,6 +289,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o, const QuantizeProgress& 
         dst.values = q->values.data(), dst.nnz = int64_t(q->values.size());
         rep.bits = q->bits, rep.n_outliers = dst.nnz;
         rep.n_sensitive = q->n_sensitive, rep.n_magnitude = q->n_magnitude;
+        rep.n_off_grid = q->n_off_grid;
         rep.n_bytes = dst.n_bytes();
         rep.effective_bits = 8.0 * double(rep.n_bytes) / (double(w.rows) * w.cols);
         if (name == o.report_module) {
@@ -338,6 +339,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o, const QuantizeProgress& 
                 {"outlier_range", o.base.q.outliers.iqr_range},
                 {"sensitive_pct", o.base.q.outliers.sensitive_pct},
                 {"kmeans", o.base.q.exact_kmeans ? "exact-dp" : "kmeans++-lloyd-50"},
+                {"lut_grid", o.base.q.lut_grid},
                 {"gradients", !o.gradients_path.empty()},
                 {"quantize_head", o.quantize_head},
                 {"overrides", ov}};

@@ -45,6 +45,7 @@ struct ModuleReport {
   std::string kind;      // squeeze / rtn / fp16
   int bits = 16;
   int64_t n_outliers = 0, n_sensitive = 0, n_magnitude = 0;
+  int64_t n_off_grid = 0;  // packed rows whose LUT is off the grid (QuantizedLinear)
   double weighted_err = 0, sq_err = 0, sq_norm = 0;
   int64_t n_bytes = 0;   // as stored in the packed file (RTN: see effective_bits)
   double effective_bits = 16;  // bits per weight incl. LUT/CSR (RTN: bits + 32/group)

@@ -12,6 +12,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/lut_grid.h"
 #include "kernels/packed_layout.h"
 #include "kernels/parallel.h"
 #include "model/dtype.h"
@@ -81,6 +82,7 @@ float outlier_centroid(float c0, const float* ow, const int* ocol, int n, int ro
 
 struct RowStats {
   double weighted_err = 0, sq_err = 0, sq_norm = 0;
+  bool off_grid = false;
 };
 
 // Per-thread buffers, reused across the rows of a chunk.
@@ -133,6 +135,13 @@ void choose_outlier_indices(float* lutf, int k, RowScratch& s, int n, int row) {
                            " cannot be stored exactly");
 }
 
+// The most a centroid may move onto the LUT grid, as a fraction of the smallest gap between
+// the row's centroids: rows whose range is set by a few far centroids (weights with heavy
+// tails and no outliers taken out) would lose their close ones to a coarse grid, and keep
+// their fp16 centroids instead (quantizer.h, lut_grid). With outliers taken out the move is
+// typically ~1/100 of the gap.
+constexpr double kLutGridMaxMove = 0.125;
+
 // gpu_centroids: the row's k-means centroids from kmeans_exact_rows_cuda (null: computed here).
 void quantize_row(const float* w, const float* fisher, int r, int cols, const LinearQuantOptions& o,
                   const double* gpu_centroids, QuantizedLinear& q, RowStats& st, RowScratch& s) {
@@ -180,6 +189,15 @@ void quantize_row(const float* w, const float* fisher, int r, int cols, const Li
                                std::to_string(centroids[j]) + " overflows fp16");
     lutf[j] = f16_to_f32(lut[j]);
   }
+  const bool grid = o.lut_grid && lut_grid_used(o.bits);
+  if (grid) {  // onto the grid (fp16 values, finite: kept as they were where not)
+    float snapped[16];
+    std::copy(lutf, lutf + k, snapped);
+    bool ok = snap_lut_grid(snapped, k, kLutGridMaxMove);
+    for (int j = 0; j < k; j++) ok = ok && f16_bits_finite(f32_to_f16(snapped[j]));
+    if (ok)
+      for (int j = 0; j < k; j++) lut[j] = f32_to_f16(snapped[j]), lutf[j] = f16_to_f32(lut[j]);
+  }
 
   // Outliers: the dense index may point at any centroid, since the stored residual makes
   // D + S exact whatever it is; choose_outlier_indices picks, for each outlier, a centroid
@@ -190,6 +208,10 @@ void quantize_row(const float* w, const float* fisher, int r, int cols, const Li
   // which cost more than the outliers gained at 3 bits.
   if (n_out > 0) choose_outlier_indices(lutf, k, s, n_out, r);
   for (int j = 0; j < k; j++) lut[j] = f32_to_f16(lutf[j]);
+  if (grid) {
+    uint8_t row_codes[32];
+    st.off_grid = !lut_grid_row(lut, o.bits, row_codes);
+  }
 
   // Dense indices (non-outliers: nearest fp16 centroid, ties to the lower index; outliers:
   // the chosen centroid) and the exact residuals at the outliers.
@@ -323,6 +345,7 @@ QuantizedLinear quantize_linear(const float* w, const float* fisher, int rows, i
   for (const RowStats& st : stats) {
     q.weighted_err += st.weighted_err;
     q.sq_err += st.sq_err;
+    q.n_off_grid += st.off_grid ? 1 : 0;
     q.sq_norm += st.sq_norm;
   }
   q.seconds_rows = lap();

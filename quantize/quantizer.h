@@ -48,6 +48,12 @@ struct LinearQuantOptions {
   // result bit for bit, minutes faster on large models. CUDA builds only.
   bool use_cuda = false;
   int rtn_group = 128;       // RTN: asymmetric min/max groups of this many columns
+  // Snap each row's centroids onto a power-of-two grid of at most 256 steps before the
+  // assignment (kernels/lut_grid.h: each moves by at most half a step, about range / 508), so
+  // that the CUDA GEMV can decode 8-bit codes instead of fp16 entries. 4 bits
+  // (lut_grid_used). A row keeps its centroids where one would move by more than 1/8 of the smallest gap between
+  // them (kLutGridMaxMove, quantize_linear.cpp), and counts in n_off_grid.
+  bool lut_grid = true;
   uint64_t seed = 0;
 };
 
@@ -60,6 +66,10 @@ struct QuantizedLinear {
   std::vector<uint16_t> values;   // [nnz] fp16: w - lut[row][idx] at the outlier, exact
   // statistics
   int64_t n_sensitive = 0, n_magnitude = 0;  // outliers chosen by each rule (overlap counted once, as sensitive)
+  // With lut_grid: rows whose final LUT is not on a grid (the grid too coarse for the row, or
+  // an outlier's exact residual needed a centroid off it); the GPU then decodes fp16 entries
+  // for the whole matrix.
+  int64_t n_off_grid = 0;
   double weighted_err = 0;   // sum F (w - w_hat)^2 (F = 1 without gradients)
   double sq_err = 0;         // sum (w - w_hat)^2
   double sq_norm = 0;        // sum w^2

@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "kernels/lut_grid.h"
 #include "kernels/packed_layout.h"
 #include "kernels/parallel.h"
 #include "model/dtype.h"
@@ -98,6 +99,9 @@ LinearWeight packed_linear(Storage& st, int rows, int cols, int bits, double pct
       pack_indices(row_idx.data(), 1, cols, bits, idx + r * rb);
       for (float& v : c) v = 0.02f * rg.normal();
       std::sort(c.begin(), c.end());
+      // fp16 values on a grid, as sqz quantize makes them by default (kernels/lut_grid.h)
+      for (float& v : c) v = f16_to_f32(f32_to_f16(v));
+      if (lut_grid_used(bits)) snap_lut_grid(c.data(), 1 << bits);
       for (int k = 0; k < (1 << bits); k++) lut[(size_t(r) << bits) + k] = f32_to_f16(c[k]);
       // distinct sorted columns: Floyd's sampling then sort
       std::vector<int32_t> cols_r;

@@ -32,6 +32,7 @@
 #include "kernels/cublas_check.h"
 #include "kernels/cuda_common.h"
 #include "kernels/lut_dequant.h"
+#include "kernels/lut_grid.h"
 #include "kernels/packed_layout.h"
 #include "kernels/parallel.h"
 #include "model/dtype.h"
@@ -56,10 +57,12 @@ const Shape kShapes[] = {{"q/k/v/o", 4096, 4096},
                          {"gate|up fused", 22016, 4096}};
 
 // A random packed matrix on the host: random index bytes (every bit pattern is valid),
-// N(0,1) LUT, ~frac outliers per row at random sorted columns, N(0,4^2) values.
+// N(0,1) LUT (3/4 bits: snapped onto a grid, as sqz quantize makes them by default, with the
+// GEMV's grid rows; SQZ_GEMV_GRID=0 times the fp16 decode instead), ~frac outliers per row at
+// random sorted columns, N(0,4^2) values.
 struct HostMatrix {
   int rows, cols, bits;
-  std::vector<uint8_t> indices;
+  std::vector<uint8_t> indices, grid;
   std::vector<uint16_t> lut, values;
   std::vector<int32_t> row_ptr, col_idx;
   HostMatrix(int r, int c, int b, double frac, std::mt19937_64& rng) : rows(r), cols(c), bits(b) {
@@ -71,6 +74,17 @@ struct HostMatrix {
     std::normal_distribution<float> nd;
     lut.resize(size_t(rows) << bits);
     for (auto& v : lut) v = f32_to_f16(nd(rng));
+    if (lut_grid_used(bits)) {
+      const int k = 1 << bits, gb = lut_grid_row_bytes(bits);
+      grid.resize(size_t(rows) * gb);
+      for (int r = 0; r < rows; r++) {
+        float e[16];
+        for (int j = 0; j < k; j++) e[j] = f16_to_f32(lut[size_t(r) * k + j]);
+        snap_lut_grid(e, k);
+        for (int j = 0; j < k; j++) lut[size_t(r) * k + j] = f32_to_f16(e[j]);
+        if (!lut_grid_row(&lut[size_t(r) * k], bits, &grid[size_t(r) * gb])) std::abort();
+      }
+    }
     row_ptr.push_back(0);
     std::poisson_distribution<int> pd(frac * cols);
     std::vector<int> cs;
@@ -121,6 +135,7 @@ struct DeviceMatrix {
     };
     m.indices = keep(upload(to_gpu_tiled(h.indices.data(), h.rows, m.row_bytes, h.bits)));
     m.lut = keep(upload(h.lut));
+    if (!h.grid.empty()) m.grid = keep(upload(h.grid));
     m.row_ptr = keep(upload(h.row_ptr));
     std::vector<uint32_t> words(h.values.size());
     pack_outliers(h.col_idx.data(), h.values.data(), int64_t(words.size()), words.data());

@@ -18,6 +18,7 @@
 #include "engine/engine.h"
 #include "engine/generate.h"
 #include "engine/perplexity.h"
+#include "kernels/lut_grid.h"
 #include "kernels/packed_layout.h"
 #include "model/dtype.h"
 #include "tests/cuda_test_util.h"
@@ -322,9 +323,12 @@ TEST(CudaBackendDocLlama, OutOfMemoryIsOneLine) { SQZ_REQUIRE_GPU(); check_out_o
 // (4-bit) that cannot fuse, a q/k/v mixing packed and dense (three parts), dense F16, F32 and
 // BF16 linears, outliers in many rows; dim and hidden_dim are not multiples of 128. Checks the
 // upload (fusion, CSR row-pointer shifts, strided part outputs) against the CPU backend.
+// grid: the LUT rows snapped onto grids (kernels/lut_grid.h), as sqz quantize makes them, so
+// the decode GEMVs take their code path.
 struct SyntheticModel {
   Model m;
   std::mt19937 rng{42};
+  bool grid = false;
   template <typename T>
   T* keep(std::vector<T> v) {
     auto p = std::make_shared<std::vector<T>>(std::move(v));
@@ -371,6 +375,12 @@ struct SyntheticModel {
     pack_indices(idx.data(), rows, cols, bits, pk.data());
     w.indices = keep(std::move(pk));
     std::vector<float> lut = randn(size_t(rows) << bits, 1.0f / std::sqrt(float(cols)));
+    if (grid)
+      for (int r = 0; r < rows; r++) {
+        float* row = lut.data() + (size_t(r) << bits);
+        for (int j = 0; j < (1 << bits); j++) row[j] = f16_to_f32(f32_to_f16(row[j]));
+        snap_lut_grid(row, 1 << bits);
+      }
     w.lut = static_cast<const uint16_t*>(store(lut, DType::F16));
     std::vector<int32_t> row_ptr{0}, col_idx;
     std::vector<float> vals;
@@ -392,8 +402,9 @@ struct SyntheticModel {
   }
 };
 
-std::unique_ptr<SyntheticModel> make_synthetic() {
+std::unique_ptr<SyntheticModel> make_synthetic(bool grid = false) {
   auto s = std::make_unique<SyntheticModel>();
+  s->grid = grid;
   Config& c = s->m.config;
   c.dim = 96, c.hidden_dim = 200, c.n_layers = 3, c.n_heads = 6, c.n_kv_heads = 2;
   c.head_dim = 16, c.vocab_size = 300, c.seq_len = 128;
@@ -437,9 +448,8 @@ std::unique_ptr<SyntheticModel> make_synthetic() {
   return s;
 }
 
-TEST(CudaBackendSynthetic, PackedAndMixedLinearsMatchCpu) {
-  SQZ_REQUIRE_GPU();
-  auto s = make_synthetic();
+void check_synthetic(bool grid) {
+  auto s = make_synthetic(grid);
   const int V = s->m.config.vocab_size;
   BackendOptions bo;
   bo.ctx_size = 64, bo.n_seqs = 2, bo.max_batch = 16;  // a 20-token prompt takes 2 calls
@@ -465,7 +475,18 @@ TEST(CudaBackendSynthetic, PackedAndMixedLinearsMatchCpu) {
     worst = std::max(worst, d);
     EXPECT_LT(d, kLogitsTol) << "decode step " << step;
   }
-  std::printf("[ synthetic packed/mixed ] max |cuda - cpu| logits = %.3g\n", worst);
+  std::printf("[ synthetic packed/mixed%s ] max |cuda - cpu| logits = %.3g\n",
+              grid ? ", grid LUTs" : "", worst);
+}
+
+TEST(CudaBackendSynthetic, PackedAndMixedLinearsMatchCpu) {
+  SQZ_REQUIRE_GPU();
+  check_synthetic(false);
+}
+
+TEST(CudaBackendSynthetic, GridLutsMatchCpu) {
+  SQZ_REQUIRE_GPU();
+  check_synthetic(true);
 }
 
 // Packed models (.sqz) join here with the same checks, one line each, e.g.

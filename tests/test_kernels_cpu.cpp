@@ -2,7 +2,9 @@
 // CSR matmul vs its dense reconstruction, index pack/unpack round trip for every bit width.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -10,6 +12,7 @@
 
 #include "kernels/half.h"
 #include "kernels/lut_gemv.h"
+#include "kernels/lut_grid.h"
 #include "kernels/matmul.h"
 #include "kernels/packed_layout.h"
 #include "kernels/parallel.h"
@@ -224,6 +227,120 @@ TEST(LutGemm, PackOutliersForTheGpu) {
   EXPECT_EQ(w, (std::vector<uint32_t>{0x3c000000u, 0xbc000007u, 0x7bffffffu}));
   const std::vector<int32_t> wide = {kLutGpuMaxCols};
   EXPECT_THROW(pack_outliers(wide.data(), val.data(), 1, w.data()), std::invalid_argument);
+}
+
+// A grid row's entries, rebuilt as the GEMV does: code 2^-24 * scale + offset, in double
+// (exact: every term is a short binary fraction).
+std::vector<double> grid_values(const uint8_t* row, int bits) {
+  const int k = 1 << bits;
+  float scale, offset;
+  std::memcpy(&scale, row + k, 4);
+  std::memcpy(&offset, row + k + 4, 4);
+  std::vector<double> v(k);
+  for (int j = 0; j < k; j++) v[j] = std::ldexp(double(row[j]), -24) * scale + offset;
+  return v;
+}
+
+TEST(LutGrid, RowOnAGridRebuildsExactly) {
+  // 3 bits: -1.5 + 0.25 j (z = -6, e = -2): codes 0, 1, .., 7
+  uint16_t lut[16];
+  for (int j = 0; j < 8; j++) lut[j] = f32_to_f16(-1.5f + 0.25f * j);
+  uint8_t row[32];
+  ASSERT_TRUE(lut_grid_row(lut, 3, row));
+  for (int j = 0; j < 8; j++) EXPECT_EQ(row[j], j);
+  float scale, offset;
+  std::memcpy(&scale, row + 8, 4);
+  std::memcpy(&offset, row + 12, 4);
+  EXPECT_EQ(scale, std::ldexp(1.0f, 22));
+  EXPECT_EQ(offset, -1.5f);
+  // The widest grid: 0 and 255 steps of a tiny subnormal (e = -24) up to the largest fp16 run.
+  for (int bits : {3, 4}) {
+    const int k = 1 << bits;
+    std::mt19937 rng(bits);
+    for (int e : {-24, -20, -10, 0, 5}) {
+      for (int trial = 0; trial < 50; trial++) {
+        const int z = int(rng() % 1024) - 512;
+        std::vector<uint16_t> l(k);
+        for (int j = 0; j < k; j++) {
+          const int code = j == 0 ? 0 : j == 1 ? 255 : int(rng() % 256);
+          const double v = std::ldexp(double(code + z), e);
+          l[j] = f32_to_f16(float(v));
+          ASSERT_EQ(double(f16_to_f32(l[j])), v) << "test value not an fp16 value";
+        }
+        uint8_t r[32];
+        ASSERT_TRUE(lut_grid_row(l.data(), bits, r)) << "e " << e << " z " << z;
+        const std::vector<double> got = grid_values(r, bits);
+        for (int j = 0; j < k; j++) EXPECT_EQ(got[j], double(f16_to_f32(l[j]))) << j;
+        for (int j = k + 8; j < lut_grid_row_bytes(bits); j++) EXPECT_EQ(r[j], 0);
+      }
+    }
+  }
+}
+
+TEST(LutGrid, RowsOffAGridAreRefused) {
+  uint16_t lut[16];
+  uint8_t row[32] = {};
+  for (int j = 0; j < 16; j++) lut[j] = f32_to_f16(float(j));
+  EXPECT_FALSE(lut_grid_row(lut, 2, row)) << "2 bits have no grid form";
+  for (int j = 0; j < 32; j++) row[j] = uint8_t(j);
+  // 1 + 2^-10 and 1000: the step is 2^-10, the range 10^6 steps
+  lut[0] = f32_to_f16(1.0f + std::ldexp(1.0f, -10));
+  lut[1] = f32_to_f16(1000.0f);
+  EXPECT_FALSE(lut_grid_row(lut, 3, row));
+  EXPECT_FALSE(lut_grid_row(lut, 4, row));
+  // 256 steps: one too many
+  for (int j = 0; j < 16; j++) lut[j] = f32_to_f16(float(j));
+  lut[1] = f32_to_f16(256.0f);
+  EXPECT_FALSE(lut_grid_row(lut, 3, row));
+  lut[1] = f32_to_f16(255.0f);
+  uint8_t on[32];
+  EXPECT_TRUE(lut_grid_row(lut, 3, on));
+  EXPECT_EQ(on[1], 255);
+  lut[2] = 0x7c00;  // inf
+  EXPECT_FALSE(lut_grid_row(lut, 3, row));
+  lut[2] = 0x7e00;  // NaN
+  EXPECT_FALSE(lut_grid_row(lut, 4, row));
+  for (int j = 0; j < 32; j++) EXPECT_EQ(row[j], j) << "untouched on refusal";
+}
+
+// snap_lut_grid on rows of every magnitude: on a grid afterwards, in order, each value moved by
+// at most half of the grid's step.
+TEST(LutGrid, SnapPutsRowsOnAGrid) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd;
+  for (int bits : {3, 4}) {
+    const int k = 1 << bits;
+    for (float mag : {1e-7f, 1e-4f, 0.02f, 1.0f, 300.0f, 1500.0f})
+      for (int trial = 0; trial < 200; trial++) {
+        float v[16], before[16];
+        const float shift = trial % 3 == 0 ? 0.0f : mag * 10 * nd(rng);
+        bool finite = true;
+        for (int j = 0; j < k; j++) {
+          v[j] = f16_to_f32(f32_to_f16(shift + mag * nd(rng)));
+          finite = finite && std::isfinite(v[j]);
+        }
+        if (!finite) continue;
+        std::sort(v, v + k);
+        std::copy(v, v + k, before);
+        snap_lut_grid(v, k);
+        uint16_t l[16];
+        for (int j = 0; j < k; j++) {
+          l[j] = f32_to_f16(v[j]);
+          ASSERT_EQ(f16_to_f32(l[j]), v[j]) << "snapped value not an fp16 value";
+        }
+        uint8_t r[32];
+        ASSERT_TRUE(lut_grid_row(l, bits, r)) << "mag " << mag << " trial " << trial;
+        EXPECT_TRUE(std::is_sorted(v, v + k));
+        // the grid's step: below range / 127 (the finest with codes <= 255) unless it is the
+        // fp16 spacing at the row's largest magnitude (rows far from zero), or 2^-24
+        const double range = double(before[k - 1]) - double(before[0]);
+        int ex = 0;
+        std::frexp(std::max(std::fabs(before[0]), std::fabs(before[k - 1])), &ex);
+        const double step = std::max({range / 127, std::ldexp(1.0, ex - 11), std::ldexp(1.0, -24)});
+        for (int j = 0; j < k; j++)
+          EXPECT_LE(std::fabs(double(v[j]) - before[j]), step / 2) << "mag " << mag;
+      }
+  }
 }
 
 TEST(ThreadPool, CoversRangeAndRethrows) {

@@ -4,7 +4,9 @@
 // whose every column is an outlier, unsorted CSR columns, token counts that hit every kernel
 // path (GEMV 1..8, 9..16, and 17..32 in pieces of up to 16 or 8 tokens; tensor-core GEMM > 32
 // with both tile sizes), CUDA graph capture.
-// y is poisoned with NaN before each launch: every element must be written.
+// y is poisoned with NaN before each launch: every element must be written. LUT rows on a
+// power-of-two grid (kernels/lut_grid.h) take the GEMV's code path: the same checks with
+// grid rows, and SQZ_GEMV_GRID=0 against it.
 // lut_dequant_cuda (kernels/lut_dequant.cu, the prefill path) against the CPU lut_decode_row
 // rounded to fp16: bit for bit, on the same shapes and outlier patterns.
 // Skips (does not fail) without a CUDA device.
@@ -15,6 +17,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -22,6 +25,7 @@
 
 #include "kernels/cuda_common.h"
 #include "kernels/lut_dequant.h"
+#include "kernels/lut_grid.h"
 #include "kernels/packed_layout.h"
 #include "kernels/parallel.h"
 #include "kernels/swiglu.h"
@@ -97,21 +101,22 @@ const char* outliers_name(Outliers o) {
   }
 }
 
-// A random packed matrix (host and device copies) with the given outlier pattern.
+// A random packed matrix (host and device copies) with the given outlier pattern. grid: the
+// LUT rows snapped onto a grid (snap_lut_grid) and the device copy given their grid rows.
 struct TestMatrix {
   int rows, cols, bits;
-  std::vector<uint8_t> packed;
+  std::vector<uint8_t> packed, grid_rows;
   std::vector<uint16_t> lut, values;
   std::vector<int32_t> row_ptr, col_idx;
   PackedMatrix host;
-  DeviceBuf<uint8_t> d_packed;
+  DeviceBuf<uint8_t> d_packed, d_grid;
   DeviceBuf<uint16_t> d_lut;
   DeviceBuf<int32_t> d_row_ptr;
   DeviceBuf<uint32_t> d_outliers;  // the GPU's form: col | value << 16
   PackedMatrix dev;
 
   TestMatrix(int rows_, int cols_, int bits_, Outliers pattern, std::mt19937& rng,
-             bool unsorted = false)
+             bool unsorted = false, bool grid = false)
       : rows(rows_), cols(cols_), bits(bits_) {
     std::vector<uint8_t> idx(size_t(rows) * cols);
     for (auto& v : idx) v = uint8_t(rng() % (1u << bits));
@@ -120,6 +125,18 @@ struct TestMatrix {
     std::normal_distribution<float> nd;
     lut.resize(size_t(rows) << bits);
     for (auto& v : lut) v = f32_to_f16(nd(rng));
+    const int k = 1 << bits, gb = lut_grid_row_bytes(bits);
+    if (grid) {
+      grid_rows.resize(size_t(rows) * gb);
+      for (int r = 0; r < rows; r++) {
+        float row[16];
+        for (int j = 0; j < k; j++) row[j] = f16_to_f32(lut[size_t(r) * k + j]);
+        snap_lut_grid(row, k);
+        for (int j = 0; j < k; j++) lut[size_t(r) * k + j] = f32_to_f16(row[j]);
+        if (!lut_grid_row(&lut[size_t(r) * k], bits, &grid_rows[size_t(r) * gb]))
+          throw std::logic_error("TestMatrix: a snapped row is not on a grid");
+      }
+    }
     row_ptr.push_back(0);
     std::vector<int> perm(cols);
     for (int r = 0; r < rows; r++) {
@@ -167,6 +184,7 @@ struct TestMatrix {
     dev = host;
     dev.indices = d_packed.p, dev.lut = d_lut.p, dev.row_ptr = d_row_ptr.p;
     dev.col_idx = nullptr, dev.values = nullptr, dev.outliers = d_outliers.p;
+    if (grid) d_grid.upload(grid_rows), dev.grid = d_grid.p;
   }
 };
 
@@ -234,13 +252,20 @@ double check_case(TestMatrix& m, int n, std::mt19937& rng, const std::string& wh
   return worst;
 }
 
-std::string case_name(int rows, int cols, int bits, Outliers o, int n) {
+std::string case_name(int rows, int cols, int bits, Outliers o, int n, bool grid = false) {
   return std::to_string(rows) + "x" + std::to_string(cols) + " bits " + std::to_string(bits) +
-         " outliers " + outliers_name(o) + " tokens " + std::to_string(n);
+         (grid ? " grid" : "") + " outliers " + outliers_name(o) + " tokens " + std::to_string(n);
 }
 
 const Outliers kPatterns[] = {Outliers::NONE, Outliers::ONE_PER_ROW, Outliers::MANY,
                               Outliers::FULL_ROW, Outliers::DENSE};
+
+// Bit widths, and whether the LUT rows are on a grid (the GEMV's code path: 4 bits).
+struct BitsForm {
+  int bits;
+  bool grid;
+};
+const BitsForm kBitsForms[] = {{2, false}, {3, false}, {4, false}, {4, true}};
 
 // First in the file: under ctest each test is its own process, so this is the very first
 // lut_gemm_cuda call of the process, made inside a (global-mode) stream capture.
@@ -288,17 +313,21 @@ TEST(LutGemmCuda, OddShapesEveryPath) {
   const Shape shapes[] = {
       {1, 1, false}, {7, 13, false}, {33, 129, false}, {130, 257, true}, {64, 1000, true}};
   std::mt19937 rng(1);
-  double worst = 0;
+  double worst = 0, worst_grid = 0;
   for (int bits : {2, 3, 4})
-    for (Shape s : shapes)
-      for (Outliers o : kPatterns) {
-        TestMatrix m(s.rows, s.cols, bits, o, rng);
-        for (int n : {1, 2, 3, 8, 9, 16, 17, 32, 33, 64, 512}) {
-          if (n == 512 && !s.medium) continue;
-          worst = std::max(worst, check_case(m, n, rng, case_name(s.rows, s.cols, bits, o, n)));
+    for (bool grid : {false, true}) {
+      if (grid && !lut_grid_used(bits)) continue;
+      for (Shape s : shapes)
+        for (Outliers o : kPatterns) {
+          TestMatrix m(s.rows, s.cols, bits, o, rng, false, grid);
+          for (int n : {1, 2, 3, 8, 9, 16, 17, 32, 33, 64, 512}) {
+            if (n == 512 && !s.medium) continue;
+            double& w = grid ? worst_grid : worst;
+            w = std::max(w, check_case(m, n, rng, case_name(s.rows, s.cols, bits, o, n, grid)));
+          }
         }
-      }
-  std::printf("largest |err| / sum|wx|: %.3g\n", worst);
+    }
+  std::printf("largest |err| / sum|wx|: %.3g (grid rows %.3g)\n", worst, worst_grid);
 }
 
 TEST(LutGemmCuda, Medium1000x3000) {
@@ -703,16 +732,17 @@ TEST(LutGemmCuda, TwoGroupsEveryFusion) {
   const Shape shapes[] = {{1, 1},     {7, 13},     {33, 129},  {336, 1000},
                           {48, 4096}, {40, 11008}, {32, 11008}};
   const float eps = 1e-5f;
-  for (int bits : {2, 3, 4})
+  for (const BitsForm bf : kBitsForms)
     for (Shape s : shapes) {
-      TestMatrix m(s.rows, s.cols, bits, Outliers::MANY, rng);
+      const int bits = bf.bits;
+      TestMatrix m(s.rows, s.cols, bits, Outliers::MANY, rng, false, bf.grid);
       const int tiles = (s.rows + 15) / 16;
       for (int n : {1, 3, 8, 9, 16}) {
         const FusionInputs f(s.rows, s.cols, n, eps, rng);
         const std::vector<float>& y0 = f.h.y0;
         for (const char* form : {"1", "2"}) {
           const std::string what =
-              case_name(s.rows, s.cols, bits, Outliers::MANY, n) + " groups " + form;
+              case_name(s.rows, s.cols, bits, Outliers::MANY, n, bf.grid) + " groups " + form;
           SCOPED_TRACE(what);
           ScopedEnv scope("SQZ_GEMV_GROUPS", form);
           check_case(m, n, rng, what);
@@ -761,12 +791,13 @@ TEST(LutGemmCuda, ClusterPairsEveryFusion) {
   const Shape shapes[] = {{32, 129}, {30, 1000}, {64, 4096}, {96, 11008}, {2048, 4096}};
   const float eps = 1e-5f;
   int paired = 0;
-  for (int bits : {2, 3, 4})
+  for (const BitsForm bf : kBitsForms)
     for (Shape s : shapes) {
-      TestMatrix m(s.rows, s.cols, bits, Outliers::MANY, rng);
+      const int bits = bf.bits;
+      TestMatrix m(s.rows, s.cols, bits, Outliers::MANY, rng, false, bf.grid);
       const int tiles = (s.rows + 15) / 16;
       for (int n : {1, 3, 8}) {
-        const std::string what = case_name(s.rows, s.cols, bits, Outliers::MANY, n);
+        const std::string what = case_name(s.rows, s.cols, bits, Outliers::MANY, n, bf.grid);
         SCOPED_TRACE(what);
         ScopedEnv pairs("SQZ_GEMV_CLUSTER", "1");  // wherever they can run
         check_case(m, n, rng, what);
@@ -816,6 +847,61 @@ TEST(LutGemmCuda, ClusterPairsEveryFusion) {
     }
   if (major >= 9) {
     EXPECT_GT(paired, 0);
+  }
+}
+
+// LUT rows on a grid at LLaMA-7B shapes; and the dispatch: a grid row's scale doubled on the
+// device changes that row's result where the GEMV reads the grid rows (4 bits, up to 8
+// tokens per launch) but not with SQZ_GEMV_GRID=0 (fp16 entries), nor at 3 bits, at 9..16
+// tokens (the 16-token GEMV decodes fp16 entries) or past the GEMV (the GEMM reads the LUT).
+TEST(LutGemmCuda, GridRows) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(29);
+  double worst = 0;
+  {
+    TestMatrix m(4096, 4096, 3, Outliers::REALISTIC, rng, false, true);
+    for (int n : {1, 8, 9, 16})
+      worst = std::max(
+          worst, check_case(m, n, rng, case_name(4096, 4096, 3, Outliers::REALISTIC, n, true)));
+  }
+  {
+    TestMatrix m(4096, 11008, 4, Outliers::REALISTIC, rng, false, true);
+    for (int n : {1, 8, 16, 32})
+      worst = std::max(
+          worst, check_case(m, n, rng, case_name(4096, 11008, 4, Outliers::REALISTIC, n, true)));
+  }
+  std::printf("largest |err| / sum|wx|: %.3g\n", worst);
+
+  for (int bits : {3, 4}) {
+    TestMatrix m(48, 1000, bits, Outliers::MANY, rng, false, true);
+    std::vector<uint8_t> bad = m.grid_rows;
+    float scale;
+    std::memcpy(&scale, &bad[1 << bits], 4);
+    scale *= 2;
+    std::memcpy(&bad[1 << bits], &scale, 4);
+    m.d_grid.upload(bad);
+    m.dev.grid = m.d_grid.p;
+    for (int n : {1, 8, 16, 40}) {
+      std::vector<uint16_t> x16;
+      std::vector<float> x32, ref(size_t(n) * m.rows);
+      random_x(n, m.cols, rng, x16, x32);
+      lut_gemm(m.host, x32.data(), n, ref.data(), pool());
+      DeviceBuf<uint16_t> d_x(x16);
+      for (const char* env : {"1", "0"}) {
+        SCOPED_TRACE("bits " + std::to_string(bits) + " tokens " + std::to_string(n) +
+                     " SQZ_GEMV_GRID=" + env);
+        ScopedEnv scope("SQZ_GEMV_GRID", env);
+        const std::vector<float> y = run_fused(m, d_x.p, n, LutGemmFusion{}, ref);
+        const bool grid_read = env[0] == '1' && n <= 8 && lut_grid_used(bits);
+        for (int t = 0; t < n; t++) {
+          const float want = ref[size_t(t) * m.rows], got = y[size_t(t) * m.rows];
+          if (grid_read)
+            EXPECT_GT(std::fabs(got - want), 1e-3f * std::fabs(want)) << "token " << t;
+          else
+            EXPECT_NEAR(got, want, 1e-4f * (std::fabs(want) + 1.0f)) << "token " << t;
+        }
+      }
+    }
   }
 }
 

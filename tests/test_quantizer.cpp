@@ -13,6 +13,7 @@
 #include <set>
 #include <vector>
 
+#include "kernels/lut_grid.h"
 #include "kernels/packed_layout.h"
 #include "kernels/parallel.h"
 #include "model/dtype.h"
@@ -451,6 +452,58 @@ void check_squeeze(const QuantizedLinear& q, const float* w, const float* f, int
   }
   EXPECT_NEAR(q.sq_err, sq_err, 1e-9 * sq_err + 1e-30);
   EXPECT_NEAR(q.weighted_err, w_err, 1e-9 * w_err + 1e-30);
+  // With lut_grid (3/4 bits), the rows off the grid are the ones counted.
+  int64_t off = 0;
+  for (int r = 0; r < rows; r++) {
+    uint8_t g[32];
+    off += lut_grid_row(q.lut.data() + size_t(r) * k, o.bits, g) ? 0 : 1;
+  }
+  EXPECT_EQ(q.n_off_grid, o.lut_grid && lut_grid_used(o.bits) ? off : 0);
+}
+
+// The LUT grid (LinearQuantOptions::lut_grid, on by default; 4 bits). Rows of normal
+// weights: every row on a grid, the weighted error within 1% of the plain centroids'; off,
+// the centroids are the k-means' own (rows off any grid). make_module's rows with planted huge
+// weights and no outliers taken out: a grid fine enough for the far centroids would move the
+// close ones by more than kLutGridMaxMove, so those rows keep theirs and are counted. 3 bits:
+// no grid (lut_grid_used), the same file either way.
+TEST(QuantizeLinear, LutGrid) {
+  ThreadPool pool(2);
+  TestModule normal{40, 500, std::vector<float>(20000), std::vector<float>(20000)};
+  std::mt19937_64 rng(9);
+  std::normal_distribution<float> g(0, 1);
+  for (size_t i = 0; i < normal.w.size(); i++)
+    normal.w[i] = to_f16(0.02f * g(rng)), normal.f[i] = 1e-6f * (1 + std::fabs(g(rng)));
+  const TestModule planted = make_module(30, 300, 6);
+  const TestModule& m = normal;
+  LinearQuantOptions o;
+  o.bits = 4;
+  ASSERT_TRUE(o.lut_grid);
+  const QuantizedLinear on = quantize_linear(m.w.data(), m.f.data(), m.rows, m.cols, o, pool);
+  check_squeeze(on, m.w.data(), m.f.data(), m.rows, m.cols, o);
+  EXPECT_EQ(on.n_off_grid, 0);
+  const QuantizedLinear p =
+      quantize_linear(planted.w.data(), planted.f.data(), planted.rows, planted.cols, o, pool);
+  check_squeeze(p, planted.w.data(), planted.f.data(), planted.rows, planted.cols, o);
+  EXPECT_GT(p.n_off_grid, 0);
+  o.lut_grid = false;
+  const QuantizedLinear off = quantize_linear(m.w.data(), m.f.data(), m.rows, m.cols, o, pool);
+  check_squeeze(off, m.w.data(), m.f.data(), m.rows, m.cols, o);
+  int64_t off_rows = 0;
+  for (int r = 0; r < m.rows; r++) {
+    uint8_t gr[32];
+    off_rows += lut_grid_row(off.lut.data() + (size_t(r) << 4), 4, gr) ? 0 : 1;
+  }
+  EXPECT_GT(off_rows, m.rows / 2);
+  EXPECT_NE(on.lut, off.lut);
+  EXPECT_LE(on.weighted_err, 1.01 * off.weighted_err);
+
+  o.bits = 3;
+  const QuantizedLinear off3 = quantize_linear(m.w.data(), m.f.data(), m.rows, m.cols, o, pool);
+  o.lut_grid = true;
+  const QuantizedLinear on3 = quantize_linear(m.w.data(), m.f.data(), m.rows, m.cols, o, pool);
+  EXPECT_EQ(on3.lut, off3.lut);
+  EXPECT_EQ(on3.n_off_grid, 0);
 }
 
 TEST(QuantizeLinear, OutliersExactAndIndicesNearest) {

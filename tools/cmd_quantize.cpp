@@ -7,6 +7,7 @@
 #include <cstdlib>
 
 #include "engine/engine.h"
+#include "kernels/lut_grid.h"
 #include "model/packed.h"
 #include "tokenizer/tokenizer.h"
 #include "quantize/calibrate.h"
@@ -34,6 +35,9 @@ void add_quant_options(cxxopts::Options& o) {
       ("group-size", "RTN group size", cxxopts::value<int>()->default_value("128"))
       ("kmeans", "exact (1-D dynamic program) or lloyd (official k-means++ + 50 iterations)",
        cxxopts::value<std::string>()->default_value("exact"))
+      ("lut-grid", "on: snap each row's 4-bit centroids onto a power-of-two grid of <= 256 "
+       "steps, which the CUDA GEMV decodes faster (8-bit codes); off: plain fp16 centroids",
+       cxxopts::value<std::string>()->default_value("on"))
       ("overrides", "JSON file of per-module settings", cxxopts::value<std::string>()->default_value(""))
       ("quantize-head", "quantize the output head too (FP16 by default)");
 }
@@ -61,6 +65,9 @@ QuantizeOptions quant_options(const cxxopts::ParseResult& r) {
   const std::string km = r["kmeans"].as<std::string>();
   if (km != "exact" && km != "lloyd") throw usage_error("--kmeans must be exact or lloyd");
   q.base.q.exact_kmeans = km == "exact";
+  const std::string grid = r["lut-grid"].as<std::string>();
+  if (grid != "on" && grid != "off") throw usage_error("--lut-grid must be on or off");
+  q.base.q.lut_grid = grid == "on";
   auto pct_ok = [](double v) { return v >= 0 && v <= 100; };
   if (!pct_ok(q.base.q.outliers.magnitude_pct) || !pct_ok(q.base.q.outliers.sensitive_pct))
     throw usage_error("--outliers and --sensitive are percentages in [0, 100]");
@@ -187,6 +194,15 @@ int cmd_quantize(int argc, char** argv) {
               "rows %.1f s, waiting for the provenance hashes %.1f s)\n",
               out.c_str(), res.seconds, t_load, t_out, q.base.q.use_cuda ? "GPU" : "CPU (in rows)",
               t_km, t_rows, res.seconds_hash_wait);
+  int64_t off_grid = 0, grid_mats = 0;
+  for (const ModuleReport& m : res.modules)
+    if (m.kind == "squeeze" && lut_grid_used(m.bits))
+      off_grid += m.n_off_grid, grid_mats += m.n_off_grid == 0 ? 1 : 0;
+  if (q.base.q.lut_grid && off_grid > 0)
+    std::printf("LUT grid: %lld rows are off it (too coarse for their centroids, or an "
+                "outlier's exact residual moved one); the CUDA GEMV decodes fp16 entries for their "
+                "matrices, 8-bit codes for the other %lld\n",
+                (long long)off_grid, (long long)grid_mats);
   if (!r["report"].as<std::string>().empty()) {
     write_html_report(r["report"].as<std::string>(), res, "sqz quantize: " + out);
     std::printf("report: %s\n", r["report"].as<std::string>().c_str());
