@@ -17,6 +17,8 @@
 // index, done with a sign-replicating PRMT mask and a LOP3. The 3-bit layout
 // (kernels/packed_layout.h) is made for this: three masks give 24 selectors, three shifts
 // and masks the other 8.
+// 4-bit rows on a power-of-two grid (PackedMatrix::grid, kernels/lut_grid.h): the GEMV of up
+// to 8 tokens decodes 8-bit codes instead (GRID: 5 instructions per 4 weights instead of 8).
 //
 // A quarter of a 128-column unit (columns 32q..32q+31 of the unit) is the decoding grain: for
 // 4 bits it is word q, for 3 bits bytes [8q, 8q+8) (lanes A, B) and [32+4q, 32+4q+4)
