@@ -373,7 +373,7 @@ __device__ __forceinline__ int red_col(int row, int col) {
     return col;
 }
 
-template <int NTILE, bool COMPACT = false, bool GRID = false>
+template <int NTILE, bool COMPACT = false>
 struct alignas(16) GemvShared {
   static constexpr int kRow = kRedRow<NTILE, COMPACT>;
   float red[2][kGemvWarps][kTileRows][kRow];  // [tile parity][warp][row][token]
@@ -585,7 +585,7 @@ __device__ __forceinline__ TileMeta<BITS> gemv_load_meta(const GemvParams& p, in
 
 template <int BITS, bool GRID, int NTILE, bool COMPACT>
 __device__ __forceinline__ void gemv_store_meta(const TileMeta<BITS>& m,
-                                                GemvShared<NTILE, COMPACT, GRID>& sh, int buf) {
+                                                GemvShared<NTILE, COMPACT>& sh, int buf) {
   // 3 and 2 bits: stored as byte planes, so each warp loads a row's LutPlanes with one load:
   // row r = lo[0..P) hi[0..P) (P = kLutPlanes); chunk i (entries 4c..4c+3 of row i / P) gives
   // lo[c] and hi[c]. 4 bits: the entries as they are, each warp makes the planes (with the
@@ -674,7 +674,7 @@ __global__ void __launch_bounds__(kGemvThreads * NGRP, kGemvMinBlocks / NGRP)
   const int grp = NGRP == 1 ? 0 : int(threadIdx.x) / kGemvThreads;
   const int tid = NGRP == 1 ? int(threadIdx.x) : int(threadIdx.x) % kGemvThreads;
   constexpr bool COMPACT = compact_red<NTILE, G>();
-  using Shared = GemvShared<NTILE, COMPACT, GRID>;
+  using Shared = GemvShared<NTILE, COMPACT>;
   Shared& sh = reinterpret_cast<Shared*>(smem + p.xs_bytes)[grp];
   // The group's place in the grid of groups.
   const int vblock = int(blockIdx.x) + grp * int(gridDim.x), vgrid = int(gridDim.x) * NGRP;
@@ -1295,7 +1295,7 @@ struct GemvVariant {
 template <int BITS, int NTILE, int G, bool NORM, int NGRP, bool GRID>
 GemvVariant<NORM> gemv_variant_of() {
   return {lut_gemv_kernel<BITS, NTILE, G, NORM, NGRP, GRID>,
-          int(sizeof(GemvShared<NTILE, compact_red<NTILE, G>(), GRID>))};
+          int(sizeof(GemvShared<NTILE, compact_red<NTILE, G>()>))};
 }
 
 // The GEMV instantiation for items of g units and ngrp groups of 8 warps: g = kItemUnits or
@@ -1498,8 +1498,9 @@ void launch_gemv(const PackedMatrix& w, const uint16_t* x, int n_tokens, float* 
                      kGemvThreads * c.ngrp, c.smem, stream, g_last_cluster, c.p);
 }
 
-// Whether the GEMV decodes w's grid rows (kernels/lut_grid.h): w.grid set, 3 or 4 bits, and
-// not turned off by SQZ_GEMV_GRID=0 in the environment (for A/B measurements and tests).
+// Whether the GEMV decodes w's grid rows (kernels/lut_grid.h): w.grid set, 4 bits
+// (lut_grid_used), and not turned off by SQZ_GEMV_GRID=0 in the environment (for A/B
+// measurements and tests).
 bool gemv_grid(const PackedMatrix& w) {
   if (!w.grid || !lut_grid_used(w.bits)) return false;
   const char* env = std::getenv("SQZ_GEMV_GRID");
